@@ -1,0 +1,28 @@
+"""numpyro_cds: consistent diffusion samplers for NumPyro models."""
+
+from .consistency import ConsistencyConfig, consistency_sampler
+from .infer import CDSInference
+from .networks import ControlNetwork, TimeEmbedding
+from .sde import AbstractSchedule, LinearSchedule
+from .target import Target, target_from_model
+from .train import TrainConfig, fit
+from .whitening import AffineWhitening, fit_whitening
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CDSInference",
+    "Target",
+    "target_from_model",
+    "AbstractSchedule",
+    "LinearSchedule",
+    "ControlNetwork",
+    "TimeEmbedding",
+    "ConsistencyConfig",
+    "TrainConfig",
+    "consistency_sampler",
+    "fit",
+    "AffineWhitening",
+    "fit_whitening",
+    "__version__",
+]

@@ -1,0 +1,310 @@
+"""Self-consistent diffusion sampler (SCDS): training step and k-step sampling.
+
+One step-size-conditioned control is trained from scratch with two losses per
+iteration (``../docs/method.md`` Part B section 4):
+
+1. the log-variance loss of the diffusion sampler on Euler-Maruyama paths simulated
+   with step size ``1 / N`` (:func:`numpyro_cds.diffusion.log_variance_loss`);
+2. the self-consistency loss: from a state on those paths, one probability-flow Euler
+   step of size ``d`` must land where two steps of size ``d / 2`` of an EMA teacher
+   land, for ``d`` in ``{2, 4, ..., N} / N`` and times that are multiples of ``d``.
+
+Each loss takes its own optimiser update (the two share one optimiser state), then the
+EMA weights are updated.  Samples come from ``k`` probability-flow Euler steps with the
+EMA weights, ``k`` in ``{1, 2, 4, ..., N}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .diffusion import (
+    batched_control,
+    control,
+    log_variance_loss,
+    sample_prior,
+    simulate_paths,
+    target_score_fn,
+)
+from .networks import ControlNetwork
+from .sde import AbstractSchedule, LinearSchedule, probability_flow_step
+
+__all__ = [
+    "ConsistencyConfig",
+    "SCDSState",
+    "SCDSInfo",
+    "SamplerAlgorithm",
+    "self_consistency_loss",
+    "consistency_sampler",
+]
+
+
+def _is_power_of_two(n: int) -> bool:
+    return isinstance(n, int) and n >= 1 and n & (n - 1) == 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConsistencyConfig:
+    """Hyperparameters of the SCDS sampler and its losses.
+
+    Attributes:
+        num_sde_steps: ``N``, Euler-Maruyama steps of the training paths (power of 2).
+        batch_size: paths per training iteration.
+        width: hidden width of the control network.
+        depth: hidden layers of the control network.
+        consistency_weight: weight of the self-consistency loss.
+        initial_clip: element-wise clip of control terms at the start of training.
+        clip_growth: factor applied to the clip at each of ``clip_milestones``.
+        clip_milestones: iterations at which the clip grows.
+        ema_decay: cap of the EMA decay ``min(ema_decay, 1 - (1 + it) ** -0.9)``.
+        prior_bound: truncation of the ``N(0, I)`` prior draws (``+-bound``).
+        max_rnd: paths with a log RND above this are left out of the loss.
+    """
+
+    num_sde_steps: int = 64
+    batch_size: int = 256
+    width: int = 64
+    depth: int = 2
+    consistency_weight: float = 1.0
+    initial_clip: float = 10.0
+    clip_growth: float = 5.0
+    clip_milestones: tuple[int, ...] = (200, 400)
+    ema_decay: float = 0.99
+    prior_bound: float = 3.89
+    max_rnd: float = 1e8
+
+    def __post_init__(self):
+        if not _is_power_of_two(self.num_sde_steps) or self.num_sde_steps < 2:
+            raise ValueError(
+                f"num_sde_steps must be a power of two >= 2 (e.g. 64), got "
+                f"{self.num_sde_steps!r}."
+            )
+        for name in ("batch_size", "width", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (the loss is a variance).")
+        for name in ("initial_clip", "clip_growth", "prior_bound", "max_rnd"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if not 0.0 <= self.consistency_weight:
+            raise ValueError("consistency_weight must be non-negative.")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}.")
+
+    def clip(self, iteration: Array) -> Array:
+        """Element-wise clip in force at ``iteration``."""
+        passed = sum((iteration >= m).astype(jnp.float32) for m in self.clip_milestones)
+        return self.initial_clip * self.clip_growth**passed
+
+
+class SCDSState(NamedTuple):
+    """Training state: trainable arrays, their EMA, optimiser state, iteration."""
+
+    params: eqx.Module
+    ema_params: eqx.Module
+    opt_state: optax.OptState
+    iteration: Array
+
+
+class SCDSInfo(NamedTuple):
+    """Per-iteration diagnostics."""
+
+    diffusion_loss: Array
+    consistency_loss: Array
+    kept_fraction: Array
+
+
+class SamplerAlgorithm(NamedTuple):
+    """``init``, ``step`` and ``sample`` functions of a trainable sampler."""
+
+    init: Callable
+    step: Callable
+    sample: Callable
+
+
+def self_consistency_loss(
+    rng_key: PRNGKeyArray,
+    network: ControlNetwork,
+    teacher: ControlNetwork,
+    schedule: AbstractSchedule,
+    score_fn: Callable,
+    states: Float[Array, "num_steps batch dim"],
+    target_scores: Float[Array, "num_steps batch dim"],
+    clip: Float[Array, ""],
+) -> Float[Array, ""]:
+    """One big probability-flow step against two half steps of the teacher.
+
+    For each path, a big step ``2**j / N`` (``j`` uniform in ``1..log2 N``) and a start
+    time on the multiples of that step are drawn; the state at that time is the start.
+
+    Returns:
+        ``mean((x_teacher - x_student)**2) / dim``.
+    """
+    num_steps, batch, dim = states.shape
+    log2_steps = int(math.log2(num_steps))
+    power_key, start_key = jax.random.split(rng_key)
+    big = 2 ** jax.random.randint(power_key, (batch,), 1, log2_steps + 1)
+    start = jnp.floor(jax.random.uniform(start_key, (batch,)) * (num_steps // big))
+    start_index = start.astype(jnp.int32) * big
+    x = states[start_index, jnp.arange(batch)]
+    score = target_scores[start_index, jnp.arange(batch)]
+    t = start_index / num_steps
+    d = big / num_steps
+    half = 0.5 * d
+
+    def teacher_steps(x, t, half, score):
+        u = control(teacher, schedule, x, t, half, score, clip)
+        mid = probability_flow_step(schedule, x, t, half, u)
+        u = control(teacher, schedule, mid, t + half, half, score_fn(mid), clip)
+        return probability_flow_step(schedule, mid, t + half, half, u)
+
+    def student_step(x, t, d, score):
+        u = control(network, schedule, x, t, d, score, clip)
+        return probability_flow_step(schedule, x, t, d, u)
+
+    goal = jax.lax.stop_gradient(jax.vmap(teacher_steps)(x, t, half, score))
+    prediction = jax.vmap(student_step)(x, t, d, score)
+    return jnp.mean((goal - prediction) ** 2) / dim
+
+
+def consistency_sampler(
+    logdensity_fn: Callable,
+    dim: int,
+    config: ConsistencyConfig,
+    optimizer: optax.GradientTransformation,
+    schedule: AbstractSchedule | None = None,
+) -> SamplerAlgorithm:
+    """Build the SCDS ``init``, ``step`` and ``sample`` functions for one target.
+
+    Args:
+        logdensity_fn: log density of one flat (whitened) vector, up to a constant.
+        dim: dimension of that vector.
+        config: sampler hyperparameters.
+        optimizer: the optax transformation used for both updates of an iteration.
+        schedule: noise schedule, :class:`~numpyro_cds.sde.LinearSchedule` by default.
+
+    Returns:
+        ``init(rng_key) -> (state, static)``; ``step(rng_key, state, static) ->
+        (state, info)``; ``sample(rng_key, params, static, num_samples, num_steps)``
+        returning an array of shape ``(num_samples, dim)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> logdensity = lambda x: -0.5 * jnp.sum((x - 1.0) ** 2)
+        >>> config = ConsistencyConfig(num_sde_steps=4, batch_size=8, width=8)
+        >>> algo = consistency_sampler(logdensity, 2, config, optax.adam(1e-3))
+        >>> state, static = algo.init(jax.random.key(0))
+        >>> state, info = algo.step(jax.random.key(1), state, static)
+        >>> algo.sample(jax.random.key(2), state.ema_params, static, 5, 1).shape
+        (5, 2)
+    """
+    schedule = LinearSchedule() if schedule is None else schedule
+    score_fn = target_score_fn(logdensity_fn)
+    batched_score_fn = jax.vmap(score_fn)
+
+    def init(rng_key):
+        network = ControlNetwork(
+            dim, width=config.width, depth=config.depth, key=rng_key
+        )
+        params, static = eqx.partition(network, eqx.is_inexact_array)
+        state = SCDSState(
+            params=params,
+            ema_params=params,
+            opt_state=optimizer.init(params),
+            iteration=jnp.zeros((), jnp.int32),
+        )
+        return state, static
+
+    def update(params, opt_state, grads):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return eqx.apply_updates(params, updates), opt_state
+
+    def step(rng_key, state, static):
+        paths_key, consistency_key = jax.random.split(rng_key)
+        clip = config.clip(state.iteration)
+        network = eqx.combine(state.params, static)
+        paths = simulate_paths(
+            paths_key,
+            network,
+            schedule,
+            logdensity_fn,
+            batch_size=config.batch_size,
+            dim=dim,
+            num_steps=config.num_sde_steps,
+            clip=clip,
+            prior_bound=config.prior_bound,
+        )
+
+        def diffusion_objective(params):
+            return log_variance_loss(
+                eqx.combine(params, static),
+                schedule,
+                paths,
+                clip=clip,
+                max_rnd=config.max_rnd,
+            )
+
+        (diffusion_loss, kept), grads = jax.value_and_grad(
+            diffusion_objective, has_aux=True
+        )(state.params)
+        params, opt_state = update(state.params, state.opt_state, grads)
+        teacher = eqx.combine(state.ema_params, static)
+
+        def consistency_objective(params):
+            loss = self_consistency_loss(
+                consistency_key,
+                eqx.combine(params, static),
+                teacher,
+                schedule,
+                score_fn,
+                paths.states,
+                paths.target_scores,
+                clip,
+            )
+            return config.consistency_weight * loss, loss
+
+        (_, consistency_loss), grads = jax.value_and_grad(
+            consistency_objective, has_aux=True
+        )(params)
+        params, opt_state = update(params, opt_state, grads)
+        decay = jnp.minimum(
+            config.ema_decay, 1.0 - (1.0 + state.iteration) ** -0.9
+        ).astype(jnp.float32)
+        ema_params = jax.tree.map(
+            lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params
+        )
+        new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
+        return new_state, SCDSInfo(diffusion_loss, consistency_loss, kept)
+
+    def sample(rng_key, params, static, num_samples, num_steps):
+        if not _is_power_of_two(num_steps):
+            raise ValueError(
+                f"num_steps must be a power of two (1, 2, 4, ...), got {num_steps!r}."
+            )
+        network = eqx.combine(params, static)
+        clip = config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max))
+        x = sample_prior(rng_key, (num_samples, dim), config.prior_bound)
+        dt = 1.0 / num_steps
+        # At t = 0 the target score has weight zero in the control: skip evaluating it.
+        u = batched_control(network, schedule, x, 0.0, dt, jnp.zeros_like(x), clip)
+        x = probability_flow_step(schedule, x, 0.0, dt, u)
+
+        def one_step(x, t):
+            u = batched_control(network, schedule, x, t, dt, batched_score_fn(x), clip)
+            return probability_flow_step(schedule, x, t, dt, u), None
+
+        x, _ = jax.lax.scan(one_step, x, jnp.arange(1, num_steps) * dt)
+        return x
+
+    return SamplerAlgorithm(init=init, step=step, sample=sample)

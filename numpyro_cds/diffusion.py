@@ -1,0 +1,215 @@
+"""The controlled diffusion sampler: control, Euler-Maruyama paths, log-variance loss.
+
+Everything here acts on a *whitened* target: a log density ``logdensity_fn(x)`` of one
+flat vector ``x`` (see :mod:`numpyro_cds.whitening`).  The control follows the SCDS/DIS
+"lerp" design (``../docs/method.md`` Part B section 2.2):
+
+.. math::
+    u(x, t, d) = \\mathrm{clip}(NN(x, t, d)) + \\sigma(t)\\,
+    \\mathrm{clip}\\big((1 - t)\\nabla\\log p_0(x) + t\\,\\nabla\\log\\rho(x)\\big)\\,
+    \\mathrm{clip}(s(t)),
+
+with the standard normal prior ``p_0`` and element-wise clips.  At initialisation
+``NN = 0`` and ``s = 1``, so the control is the Langevin-preconditioned interpolated
+score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .networks import ControlNetwork
+from .sde import AbstractSchedule, euler_maruyama_step
+
+__all__ = [
+    "control",
+    "batched_control",
+    "target_score_fn",
+    "standard_normal_logdensity",
+    "sample_prior",
+    "Paths",
+    "simulate_paths",
+    "log_variance_loss",
+]
+
+
+def standard_normal_logdensity(x: Float[Array, " dim"]) -> Float[Array, ""]:
+    """Log density of ``N(0, I)`` at ``x`` (the untruncated prior density)."""
+    return -0.5 * jnp.sum(x**2) - 0.5 * x.shape[-1] * jnp.log(2 * jnp.pi)
+
+
+def sample_prior(rng_key: PRNGKeyArray, shape: tuple[int, ...], bound: float):
+    """Standard normal draws truncated element-wise at ``+-bound``."""
+    return jax.random.truncated_normal(rng_key, -bound, bound, shape)
+
+
+def target_score_fn(logdensity_fn: Callable) -> Callable:
+    """Gradient of ``logdensity_fn`` with non-finite entries replaced by zero."""
+    grad_fn = jax.grad(logdensity_fn)
+    return lambda x: jnp.nan_to_num(grad_fn(x), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _control_from_conditioning(network, schedule, x, t, embedding, gate, score, clip):
+    output = jnp.clip(network.output(x, embedding), -clip, clip)
+    langevin = jnp.clip((1.0 - t) * (-x) + t * score, -clip, clip)
+    return output + schedule.sigma(t) * langevin * jnp.clip(gate, -clip, clip)
+
+
+def control(
+    network: ControlNetwork,
+    schedule: AbstractSchedule,
+    x: Float[Array, " dim"],
+    t: Float[Array, ""],
+    d: Float[Array, ""],
+    target_score: Float[Array, " dim"],
+    clip: Float[Array, ""],
+) -> Float[Array, " dim"]:
+    """The control ``u(x, t, d)`` for one state.
+
+    Args:
+        network: the control network.
+        schedule: the noise schedule (for ``sigma(t)``).
+        x: the state.
+        t: generative time.
+        d: the step size the control is conditioned on.
+        target_score: ``grad log rho(x)`` (only used with weight ``t``).
+        clip: element-wise clip of the network output, the Langevin term and the gate.
+
+    Returns:
+        The control, shape ``(dim,)``.
+    """
+    embedding, gate = network.conditioning(t, d)
+    return _control_from_conditioning(
+        network, schedule, x, t, embedding, gate, target_score, clip
+    )
+
+
+def batched_control(network, schedule, xs, t, d, target_scores, clip):
+    """:func:`control` for a batch ``xs`` sharing one time ``t`` and step size ``d``."""
+    embedding, gate = network.conditioning(t, d)
+    return jax.vmap(
+        lambda x, s: _control_from_conditioning(
+            network, schedule, x, t, embedding, gate, s, clip
+        )
+    )(xs, target_scores)
+
+
+class Paths(NamedTuple):
+    """Euler-Maruyama paths simulated with a detached control.
+
+    Attributes:
+        states: ``X_n`` for ``n = 0..N-1``, shape ``(num_steps, batch, dim)``.
+        target_scores: ``grad log rho(X_n)``, same shape.
+        controls: the control used for each step, same shape.
+        noises: the Brownian increments ``dW_n``, same shape.
+        final_states: ``X_N``, shape ``(batch, dim)``.
+        log_prior: ``log p_0(X_0)``, shape ``(batch,)``.
+        log_target: ``log rho(X_N)``, shape ``(batch,)``.
+    """
+
+    states: Array
+    target_scores: Array
+    controls: Array
+    noises: Array
+    final_states: Array
+    log_prior: Array
+    log_target: Array
+
+
+def simulate_paths(
+    rng_key: PRNGKeyArray,
+    network: ControlNetwork,
+    schedule: AbstractSchedule,
+    logdensity_fn: Callable,
+    *,
+    batch_size: int,
+    dim: int,
+    num_steps: int,
+    clip: Float[Array, ""],
+    prior_bound: float,
+) -> Paths:
+    """Simulate ``batch_size`` Euler-Maruyama paths of the controlled SDE.
+
+    The control is evaluated with stopped gradients: the paths are data for the
+    log-variance and self-consistency losses, nothing is differentiated through them.
+    """
+    network = jax.lax.stop_gradient(network)
+    score_fn = jax.vmap(target_score_fn(logdensity_fn))
+    prior_key, noise_key = jax.random.split(rng_key)
+    x0 = sample_prior(prior_key, (batch_size, dim), prior_bound)
+    dt = 1.0 / num_steps
+    times = jnp.arange(num_steps) * dt
+
+    def one_step(x, inputs):
+        t, key = inputs
+        scores = score_fn(x)
+        u = batched_control(network, schedule, x, t, dt, scores, clip)
+        noise = jnp.sqrt(dt) * jax.random.normal(key, x.shape)
+        x_next = euler_maruyama_step(schedule, x, t, dt, u, noise)
+        return x_next, (x, scores, u, noise)
+
+    keys = jax.random.split(noise_key, num_steps)
+    final, (states, scores, controls, noises) = jax.lax.scan(
+        one_step, x0, (times, keys)
+    )
+    return Paths(
+        states=states,
+        target_scores=scores,
+        controls=controls,
+        noises=noises,
+        final_states=final,
+        log_prior=jax.vmap(standard_normal_logdensity)(x0),
+        log_target=jax.vmap(logdensity_fn)(final),
+    )
+
+
+def log_variance_loss(
+    network: ControlNetwork,
+    schedule: AbstractSchedule,
+    paths: Paths,
+    *,
+    clip: Float[Array, ""],
+    max_rnd: float = 1e8,
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """Log-variance loss ``Var(rnd) / dim`` on detached paths (DIS, Richter-Berner).
+
+    ``rnd = log p_0(X_0) + sum_n [u_n . (ubar_n - u_n / 2) dt + u_n . dW_n]
+    - log rho(X_N)``, where ``ubar`` is the detached control that simulated the path
+    and ``u`` the control being trained; its value equals the path's log
+    Radon-Nikodym derivative up to the constant drift-divergence term.  Paths with a
+    non-finite ``rnd`` or one above ``max_rnd`` are left out.
+
+    Returns:
+        The loss and the fraction of paths kept.
+    """
+    num_steps, _, dim = paths.states.shape
+    dt = 1.0 / num_steps
+    times = jnp.arange(num_steps) * dt
+    embeddings, gates = jax.vmap(lambda t: network.conditioning(t, dt))(times)
+    # One flat batch of num_steps * batch states: a single large matrix product.
+    rows = lambda a: jnp.repeat(a, paths.states.shape[1], axis=0)
+    u = jax.vmap(
+        lambda x, t, embedding, gate, score: _control_from_conditioning(
+            network, schedule, x, t, embedding, gate, score, clip
+        )
+    )(
+        paths.states.reshape(-1, dim),
+        rows(times),
+        rows(embeddings),
+        rows(gates),
+        paths.target_scores.reshape(-1, dim),
+    ).reshape(paths.states.shape)
+    running = jnp.sum(u * (paths.controls - 0.5 * u) * dt + u * paths.noises, (0, 2))
+    rnd = paths.log_prior + running - paths.log_target
+    value = jax.lax.stop_gradient(rnd)
+    keep = jnp.isfinite(value) & (value < max_rnd)
+    count = jnp.maximum(jnp.sum(keep), 1)
+    rnd = jnp.where(keep, rnd, 0.0)
+    mean = jnp.sum(rnd) / count
+    variance = jnp.sum(jnp.where(keep, (rnd - mean) ** 2, 0.0)) / count
+    return variance / dim, count / keep.size

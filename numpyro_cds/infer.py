@@ -1,0 +1,380 @@
+"""``CDSInference``: the stateful, MCMC-like driver.
+
+It mirrors :class:`numpyro.infer.MCMC` (and subclasses it, so that
+``arviz.from_numpyro``, :class:`~numpyro.infer.Predictive` and ``print_summary`` work
+unchanged): ``run`` trains the sampler (the analogue of warm-up) and then draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.diagnostics import print_summary as _numpyro_print_summary
+from numpyro.infer import MCMC
+
+from .consistency import ConsistencyConfig, consistency_sampler
+from .target import Target, target_from_model
+from .train import TrainConfig, default_optimizer, fit
+from .whitening import (
+    AffineWhitening,
+    WhiteningConfig,
+    fit_whitening,
+    whitening_from_spec,
+)
+
+__all__ = ["CDSInference"]
+
+
+class _Sampler(NamedTuple):
+    """What ArviZ reads as ``posterior.sampler``."""
+
+    model: Callable
+
+
+def _as_key(rng_key) -> jax.Array:
+    """Accept new-style keys and legacy ``uint32[2]`` keys; return a new-style key."""
+    if isinstance(rng_key, jax.Array) and jnp.issubdtype(
+        rng_key.dtype, jax.dtypes.prng_key
+    ):
+        if rng_key.shape != ():
+            raise TypeError(f"rng_key must be a single key, got shape {rng_key.shape}.")
+        return rng_key
+    array = np.asarray(rng_key) if rng_key is not None else None
+    if array is None or array.dtype != np.uint32 or array.shape != (2,):
+        raise TypeError(
+            "rng_key must be a JAX PRNG key, e.g. jax.random.key(0) or "
+            f"jax.random.PRNGKey(0); got {rng_key!r}."
+        )
+    return jax.random.wrap_key_data(jnp.asarray(array))
+
+
+def _same_arguments(a, b) -> bool:
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    if tree_a != tree_b:
+        return False
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        if x is y:
+            continue
+        try:
+            if not np.array_equal(np.asarray(x), np.asarray(y)):
+                return False
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}.")
+    return int(value)
+
+
+class CDSInference(MCMC):
+    """Consistent diffusion sampler for a NumPyro model, used like ``MCMC``.
+
+    ``run`` fits a whitening, trains a self-consistent diffusion sampler (SCDS) on the
+    model's unconstrained posterior, then draws ``num_chains * num_samples``
+    independent samples with ``num_steps`` network evaluations each.
+
+    The defaults train in a few minutes on a 2-core CPU for models of up to about 50
+    dimensions.  On a GPU raise ``batch_size`` (1024), ``num_sde_steps`` (128) and
+    ``num_train_steps`` (20000): an iteration costs about the same there.
+
+    Args:
+        model: the NumPyro model.
+        num_samples: draws per chain.
+        num_chains: number of "chains"; draws are independent, grouped as
+            ``(num_chains, num_samples)`` like MCMC output.
+        num_steps: probability-flow steps per draw (1, 2, 4, ..., ``num_sde_steps``).
+        num_train_steps: training iterations.
+        batch_size: paths per training iteration.
+        num_sde_steps: Euler-Maruyama steps of the training paths (power of 2).
+        learning_rate: initial Adam learning rate.
+        whitening: ``"auto"`` (fit a Gaussian approximation first), ``None`` (identity)
+            or ``(loc, scale)``, each a scalar or an array over the flat unconstrained
+            latent vector.
+        consistency: further sampler settings; ``batch_size`` and ``num_sde_steps``
+            given here take precedence.
+        chunk_size: training iterations per compiled chunk (one progress update each).
+        progress_bar: show a tqdm progress bar with the loss during training.
+
+    Example:
+        >>> import jax, numpyro, numpyro.distributions as dist
+        >>> def model():
+        ...     numpyro.sample("x", dist.Normal(1.0, 2.0))
+        >>> cds = CDSInference(model, num_samples=100, num_train_steps=20,
+        ...                    batch_size=16, num_sde_steps=4, progress_bar=False)
+        >>> cds.run(jax.random.key(0))
+        >>> cds.get_samples()["x"].shape
+        (100,)
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        num_samples: int = 1000,
+        num_chains: int = 1,
+        num_steps: int = 1,
+        num_train_steps: int = 8000,
+        batch_size: int | None = None,
+        num_sde_steps: int | None = None,
+        learning_rate: float = 5e-3,
+        whitening: str | tuple | None = "auto",
+        consistency: ConsistencyConfig | None = None,
+        chunk_size: int = 50,
+        progress_bar: bool = True,
+    ):
+        if not callable(model):
+            raise TypeError(f"model must be a callable NumPyro model, got {model!r}.")
+        self.sampler = _Sampler(model)
+        self.num_samples = _check_count("num_samples", num_samples)
+        self.num_chains = _check_count("num_chains", num_chains)
+        self.num_warmup = 0
+        self.thinning = 1
+        self.progress_bar = bool(progress_bar)
+        consistency = ConsistencyConfig() if consistency is None else consistency
+        overrides = {"batch_size": batch_size, "num_sde_steps": num_sde_steps}
+        self.consistency = dataclasses.replace(
+            consistency, **{k: v for k, v in overrides.items() if v is not None}
+        )
+        self.train_config = TrainConfig(
+            num_train_steps=num_train_steps,
+            learning_rate=learning_rate,
+            chunk_size=chunk_size,
+        )
+        self.num_steps = self._check_num_steps(num_steps)
+        if not (whitening is None or whitening == "auto" or isinstance(whitening, (tuple, list))):
+            raise ValueError(
+                "whitening must be 'auto', None or a pair (loc, scale); got "
+                f"{whitening!r}."
+            )
+        self.whitening_spec = whitening
+        self._args: tuple = ()
+        self._kwargs: dict = {}
+        self._setup = None
+        self._state = None
+        self._samples = None
+        self._extra_fields = None
+        self._sample_fns: dict = {}
+        self.training_losses: dict[str, np.ndarray] = {}
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def _check_num_steps(self, num_steps) -> int:
+        num_steps = _check_count("num_steps", num_steps)
+        n = self.consistency.num_sde_steps
+        if num_steps & (num_steps - 1) or num_steps > n:
+            raise ValueError(
+                f"num_steps must be a power of two no larger than num_sde_steps={n} "
+                f"(1, 2, 4, ..., {n}); got {num_steps}."
+            )
+        return num_steps
+
+    def _prepare(self, rng_key, args, kwargs) -> None:
+        start = time.perf_counter()
+        target_key, whitening_key, init_key, train_key = jax.random.split(rng_key, 4)
+        target = target_from_model(target_key, self.sampler.model, args, kwargs)
+        if self.whitening_spec is None:
+            whitening = AffineWhitening(jnp.zeros(target.dim), jnp.ones(target.dim))
+        elif isinstance(self.whitening_spec, str):
+            whitening = fit_whitening(
+                whitening_key,
+                target.logdensity_fn,
+                target.init_positions,
+                WhiteningConfig(),
+            )
+        else:
+            whitening = whitening_from_spec(self.whitening_spec, target.dim)
+        logdensity_fn = whitening.whitened_logdensity(target.logdensity_fn)
+        optimizer = default_optimizer(self.train_config)
+        algorithm = consistency_sampler(
+            logdensity_fn, target.dim, self.consistency, optimizer
+        )
+        state, static = algorithm.init(init_key)
+        self._setup = dict(
+            target=target,
+            whitening=whitening,
+            algorithm=algorithm,
+            static=static,
+            train_key=train_key,
+        )
+        self._state = state
+        self._sample_fns = {}
+        self.training_losses = {}
+        self.timings = {"whitening": time.perf_counter() - start, "training": 0.0}
+        self._args, self._kwargs = args, kwargs
+
+    @property
+    def target(self) -> Target:
+        """The flat unconstrained target of the last run."""
+        self._require_setup()
+        return self._setup["target"]
+
+    @property
+    def whitening(self) -> AffineWhitening:
+        """The whitening map of the last run."""
+        self._require_setup()
+        return self._setup["whitening"]
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether training for the current model arguments has finished."""
+        return self._state is not None and int(self._state.iteration) >= (
+            self.train_config.num_train_steps
+        )
+
+    def _require_setup(self):
+        if self._setup is None:
+            raise RuntimeError("Call run(rng_key, *args, **kwargs) first.")
+
+    # ----------------------------------------------------------------- training
+    def warmup(self, rng_key, *args, **kwargs) -> None:
+        """Fit the whitening and train the sampler (NumPyro's warm-up analogue).
+
+        Training for the same model arguments resumes where it stopped: if it was
+        interrupted (Ctrl-C), calling ``warmup`` or ``run`` again continues from the last
+        completed chunk and gives the same result as an uninterrupted run.
+        """
+        rng_key = _as_key(rng_key)
+        same = self._setup is not None and _same_arguments(
+            (self._args, self._kwargs), (args, kwargs)
+        )
+        if not same:
+            self._prepare(rng_key, args, kwargs)
+        if self.is_trained:
+            return
+        setup = self._setup
+        history = self.training_losses
+
+        def keep(state, info):
+            self._state = state
+            for name, values in info._asdict().items():
+                history[name] = np.concatenate([history.get(name, []), values])
+
+        start = time.perf_counter()
+        try:
+            fit(
+                setup["train_key"],
+                setup["algorithm"].step,
+                self._state,
+                setup["static"],
+                self.train_config.num_train_steps,
+                chunk_size=self.train_config.chunk_size,
+                progress_bar=self.progress_bar,
+                on_chunk=keep,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"Training interrupted at iteration {int(self._state.iteration)}; "
+                "call run() again with the same arguments to resume."
+            )
+            raise
+        finally:
+            self.timings["training"] += time.perf_counter() - start
+
+    # ----------------------------------------------------------------- sampling
+    def _draw_flat(self, rng_key, num_samples: int, num_steps: int):
+        """Draw unconstrained flat samples and their log densities."""
+        fn = self._sample_fns.get((num_samples, num_steps))
+        if fn is None:
+            setup = self._setup
+            algorithm, static = setup["algorithm"], setup["static"]
+            whitening, target = setup["whitening"], setup["target"]
+
+            def draw(key, params):
+                z = algorithm.sample(key, params, static, num_samples, num_steps)
+                x = whitening.unwhiten(z)
+                return x, jax.vmap(target.logdensity_fn)(x)
+
+            fn = self._sample_fns[(num_samples, num_steps)] = jax.jit(draw)
+        return fn(rng_key, self._state.ema_params)
+
+    def _constrain(self, xs):
+        return jax.vmap(self._setup["target"].postprocess_fn)(xs)
+
+    def sample(self, rng_key, num_samples: int, num_steps: int | None = None) -> dict:
+        """Draw more samples from the trained sampler, without retraining.
+
+        Args:
+            rng_key: PRNG key.
+            num_samples: number of draws.
+            num_steps: probability-flow steps per draw (default: ``self.num_steps``).
+
+        Returns:
+            Dict of constrained latent and deterministic sites, leading axis
+            ``num_samples``.
+        """
+        self._require_trained()
+        num_samples = _check_count("num_samples", num_samples)
+        num_steps = self.num_steps if num_steps is None else self._check_num_steps(
+            num_steps
+        )
+        xs, _ = self._draw_flat(_as_key(rng_key), num_samples, num_steps)
+        return self._constrain(xs)
+
+    def _require_trained(self):
+        if not self.is_trained:
+            raise RuntimeError(
+                "The sampler is not trained: call run(rng_key, *args, **kwargs) first "
+                "(or again, to finish an interrupted training)."
+            )
+
+    def run(self, rng_key, *args, **kwargs) -> None:
+        """Train the sampler (unless already trained for these arguments), then draw.
+
+        Args:
+            rng_key: PRNG key (new-style or legacy).
+            *args: positional arguments of the model.
+            **kwargs: keyword arguments of the model.
+        """
+        warmup_key, draw_key = jax.random.split(_as_key(rng_key))
+        self.warmup(warmup_key, *args, **kwargs)
+        start = time.perf_counter()
+        total = self.num_chains * self.num_samples
+        xs, lp = self._draw_flat(draw_key, total, self.num_steps)
+        samples = self._constrain(xs)
+        self._samples = jax.block_until_ready(samples)
+        self._extra_fields = {"lp": lp, "diverging": jnp.zeros(total, bool)}
+        self.timings["sampling"] = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ results
+    def _group(self, tree, group_by_chain: bool):
+        if tree is None:
+            raise RuntimeError("No samples yet: call run(rng_key, *args, **kwargs).")
+        if not group_by_chain:
+            return dict(tree)
+        shape = (self.num_chains, self.num_samples)
+        return {k: v.reshape(shape + v.shape[1:]) for k, v in tree.items()}
+
+    def get_samples(self, group_by_chain: bool = False) -> dict:
+        """Constrained latent and deterministic sites, as ``MCMC.get_samples``."""
+        return self._group(self._samples, group_by_chain)
+
+    def get_extra_fields(self, group_by_chain: bool = False) -> dict:
+        """Per-draw fields: ``lp`` (unconstrained log joint) and ``diverging``."""
+        return self._group(self._extra_fields, group_by_chain)
+
+    def print_summary(self, prob: float = 0.9, exclude_deterministic: bool = True):
+        """Print NumPyro's summary table of the draws, then the training summary."""
+        samples = self.get_samples(group_by_chain=True)
+        if exclude_deterministic:
+            latent = set(self.target.unravel_fn(jnp.zeros(self.target.dim)))
+            samples = {k: v for k, v in samples.items() if k in latent}
+        _numpyro_print_summary(samples, prob=prob, group_by_chain=True)
+        losses = self.training_losses.get("diffusion_loss", np.array([np.nan]))
+        tail = losses[-max(1, len(losses) // 10) :]
+        print(
+            f"CDS: {int(self._state.iteration)} training iterations "
+            f"({self.timings.get('training', 0.0):.1f} s), final diffusion loss "
+            f"{np.nanmean(tail):.4g}; {self.num_steps}-step draws."
+        )

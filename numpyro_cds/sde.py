@@ -1,0 +1,98 @@
+"""Variance-preserving SDE: noise schedule, time grid and the two discretised steps.
+
+Time runs forward in *generative* time ``t`` in ``[0, 1]``: ``t = 0`` is the prior end,
+``N(0, I)``, and ``t = 1`` the target end.  The controlled SDE is
+
+.. math:: dX_t = [\\tfrac12\\beta(t) X_t + \\sigma(t) u(X_t, t)]\\,dt + \\sigma(t)\\,dW_t,
+
+with :math:`\\sigma(t) = \\sqrt{\\beta(t)}`; its probability-flow ODE is
+:math:`dX/dt = \\tfrac12\\beta(t) X + \\tfrac12\\sigma(t) u(X, t)`.  With the control
+:math:`u = -\\sigma x` (the prior score times sigma) the SDE is stationary at ``N(0, I)``
+and the probability flow is the identity.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+__all__ = [
+    "AbstractSchedule",
+    "LinearSchedule",
+    "time_grid",
+    "probability_flow_drift",
+    "euler_maruyama_step",
+    "probability_flow_step",
+]
+
+
+class AbstractSchedule(eqx.Module):
+    """A noise schedule ``beta(t)`` on generative time ``t`` in ``[0, 1]``."""
+
+    @abc.abstractmethod
+    def beta(self, t: Float[Array, ""]) -> Float[Array, ""]:
+        """Noise rate at generative time ``t``."""
+
+    def sigma(self, t: Float[Array, ""]) -> Float[Array, ""]:
+        """Diffusion coefficient ``sqrt(beta(t))``."""
+        return jnp.sqrt(self.beta(t))
+
+
+class LinearSchedule(AbstractSchedule):
+    """Linear VP schedule: ``beta`` falls from ``beta_max`` at the prior end to ``beta_min``.
+
+    Example:
+        >>> schedule = LinearSchedule()
+        >>> float(schedule.beta(0.0)), float(schedule.beta(1.0))
+        (10.0, 0.10000000149011612)
+    """
+
+    beta_min: float = eqx.field(static=True, default=0.1)
+    beta_max: float = eqx.field(static=True, default=10.0)
+
+    def __check_init__(self):
+        if not 0 < self.beta_min <= self.beta_max:
+            raise ValueError(
+                f"LinearSchedule needs 0 < beta_min <= beta_max, got beta_min="
+                f"{self.beta_min}, beta_max={self.beta_max}."
+            )
+
+    def beta(self, t):
+        """Noise rate at generative time ``t``."""
+        return self.beta_max + (self.beta_min - self.beta_max) * jnp.asarray(t)
+
+
+def time_grid(num_steps: int) -> Float[Array, " num_steps_plus_one"]:
+    """Uniform grid of ``num_steps + 1`` generative times from 0 to 1."""
+    return jnp.linspace(0.0, 1.0, num_steps + 1)
+
+
+def probability_flow_drift(schedule: AbstractSchedule, x, t, u):
+    """Drift ``beta(t) x / 2 + sigma(t) u / 2`` of the probability-flow ODE."""
+    return 0.5 * schedule.beta(t) * x + 0.5 * schedule.sigma(t) * u
+
+
+def probability_flow_step(schedule: AbstractSchedule, x, t, dt, u):
+    """One explicit Euler step of the probability-flow ODE from time ``t``."""
+    return x + dt * probability_flow_drift(schedule, x, t, u)
+
+
+def euler_maruyama_step(schedule: AbstractSchedule, x, t, dt, u, noise):
+    """One Euler-Maruyama step of the controlled SDE.
+
+    Args:
+        schedule: the noise schedule.
+        x: current state.
+        t: current generative time.
+        dt: step length.
+        u: control evaluated at ``(x, t)``.
+        noise: the Brownian increment ``dW`` (standard normal times ``sqrt(dt)``).
+
+    Returns:
+        The next state.
+    """
+    sigma = schedule.sigma(t)
+    return x + (0.5 * schedule.beta(t) * x + sigma * u) * dt + sigma * noise

@@ -1,0 +1,153 @@
+"""Generic training loop: ``lax.scan`` over chunks of iterations, one host sync a chunk.
+
+:func:`fit` drives any ``step(rng_key, state, static) -> (state, info)`` whose state has
+an ``iteration`` counter.  The key of iteration ``i`` is ``fold_in(rng_key, i)``, so a
+run that is interrupted and resumed gives exactly the draws of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+__all__ = ["TrainConfig", "default_optimizer", "fit"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        num_train_steps: training iterations (each takes two optimiser updates).
+        learning_rate: initial Adam learning rate.
+        final_learning_rate_fraction: the learning rate decays exponentially to this
+            fraction of its initial value at the last iteration.
+        max_grad_norm: global-norm clip of each update.
+        chunk_size: iterations compiled into one ``lax.scan`` (one host sync each).
+    """
+
+    num_train_steps: int = 4000
+    learning_rate: float = 5e-3
+    final_learning_rate_fraction: float = 0.02
+    max_grad_norm: float = 1.0
+    chunk_size: int = 50
+
+    def __post_init__(self):
+        for name in ("num_train_steps", "chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
+        if not 0 < self.final_learning_rate_fraction <= 1:
+            raise ValueError("final_learning_rate_fraction must lie in (0, 1].")
+        if not self.max_grad_norm > 0:
+            raise ValueError("max_grad_norm must be positive.")
+
+
+def default_optimizer(
+    config: TrainConfig, updates_per_step: int = 2
+) -> optax.GradientTransformation:
+    """NaNs zeroed, non-finite updates skipped, global-norm clip, decaying Adam."""
+    total_updates = updates_per_step * config.num_train_steps
+    schedule = optax.exponential_decay(
+        config.learning_rate,
+        transition_steps=total_updates,
+        decay_rate=config.final_learning_rate_fraction,
+        end_value=config.learning_rate * config.final_learning_rate_fraction,
+    )
+    return optax.chain(
+        optax.zero_nans(),
+        optax.apply_if_finite(
+            optax.chain(
+                optax.clip_by_global_norm(config.max_grad_norm), optax.adam(schedule)
+            ),
+            max_consecutive_errors=1_000_000,
+        ),
+    )
+
+
+def _run_chunk(step, chunk_size, rng_key, state, static, num_train_steps):
+    info_shape = jax.eval_shape(lambda s: step(rng_key, s, static)[1], state)
+
+    def skip(key, state):
+        nan = jax.tree.map(lambda a: jnp.full(a.shape, jnp.nan, a.dtype), info_shape)
+        return state, nan
+
+    def body(state, _):
+        key = jax.random.fold_in(rng_key, state.iteration)
+        return jax.lax.cond(
+            state.iteration < num_train_steps,
+            lambda k, s: step(k, s, static),
+            skip,
+            key,
+            state,
+        )
+
+    return jax.lax.scan(body, state, None, length=chunk_size)
+
+
+def fit(
+    rng_key: jax.Array,
+    step: Callable,
+    state: Any,
+    static: Any,
+    num_train_steps: int,
+    *,
+    chunk_size: int = 50,
+    progress_bar: bool = True,
+    on_chunk: Callable[[Any, Any], None] | None = None,
+    loss_name: str = "diffusion_loss",
+) -> tuple[Any, Any]:
+    """Run ``step`` until ``state.iteration`` reaches ``num_train_steps``.
+
+    Args:
+        rng_key: base key; iteration ``i`` uses ``fold_in(rng_key, i)``.
+        step: ``step(rng_key, state, static) -> (state, info)``.
+        state: training state with an integer ``iteration`` field.
+        static: non-array part of the model, passed to ``step`` unchanged.
+        num_train_steps: total iterations; training resumes from ``state.iteration``.
+        chunk_size: iterations per compiled ``lax.scan``.
+        progress_bar: show a tqdm bar with the current loss.
+        on_chunk: called with ``(state, info)`` after every chunk (e.g. to keep the
+            state safe against interruption).
+        loss_name: field of ``info`` shown on the progress bar.
+
+    Returns:
+        The final state and the stacked ``info`` of the iterations run now (NumPy).
+    """
+    run_chunk = eqx.filter_jit(
+        lambda key, state, static, total: _run_chunk(
+            step, chunk_size, key, state, static, total
+        )
+    )
+    start = int(state.iteration)
+    infos = []
+    with tqdm(
+        total=num_train_steps,
+        initial=start,
+        disable=not progress_bar,
+        desc="training",
+        dynamic_ncols=True,
+    ) as bar:
+        while int(state.iteration) < num_train_steps:
+            before = int(state.iteration)
+            state, info = run_chunk(rng_key, state, static, num_train_steps)
+            done = int(state.iteration) - before
+            info = jax.tree.map(lambda a: np.asarray(a)[:done], info)
+            infos.append(info)
+            if on_chunk is not None:
+                on_chunk(state, info)
+            bar.update(done)
+            bar.set_postfix(loss=f"{np.nanmean(getattr(info, loss_name)):.4g}")
+    if not infos:
+        return state, None
+    return state, jax.tree.map(lambda *a: np.concatenate(a), *infos)

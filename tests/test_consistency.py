@@ -1,0 +1,105 @@
+"""SCDS: self-consistency known answer, sampling shapes, determinism, config errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from numpyro_cds.consistency import (
+    ConsistencyConfig,
+    consistency_sampler,
+    self_consistency_loss,
+)
+from numpyro_cds.diffusion import sample_prior, simulate_paths, standard_normal_logdensity, target_score_fn
+from numpyro_cds.networks import ControlNetwork
+from numpyro_cds.sde import LinearSchedule
+
+CONFIG = ConsistencyConfig(num_sde_steps=8, batch_size=16, width=16)
+
+
+def _algorithm(logdensity=standard_normal_logdensity, dim=3):
+    return consistency_sampler(logdensity, dim, CONFIG, optax.adam(1e-3))
+
+
+def test_self_consistency_loss_is_zero_when_flow_is_identity():
+    """Target = prior at initialisation: every probability-flow step is the identity."""
+    schedule = LinearSchedule()
+    net = ControlNetwork(3, width=16, key=jax.random.key(0))
+    paths = simulate_paths(
+        jax.random.key(1), net, schedule, standard_normal_logdensity,
+        batch_size=32, dim=3, num_steps=8, clip=10.0, prior_bound=3.89,
+    )
+    loss = self_consistency_loss(
+        jax.random.key(2), net, net, schedule,
+        target_score_fn(standard_normal_logdensity),
+        paths.states, paths.target_scores, 10.0,
+    )
+    assert float(loss) < 1e-10
+
+
+def test_self_consistency_loss_positive_for_nonlinear_flow():
+    schedule = LinearSchedule()
+    net = ControlNetwork(2, width=16, key=jax.random.key(0))
+    logdensity = lambda x: -jnp.sum(x**4)  # noqa: E731
+    paths = simulate_paths(
+        jax.random.key(1), net, schedule, logdensity,
+        batch_size=32, dim=2, num_steps=8, clip=10.0, prior_bound=3.89,
+    )
+    loss = self_consistency_loss(
+        jax.random.key(2), net, net, schedule, target_score_fn(logdensity),
+        paths.states, paths.target_scores, 10.0,
+    )
+    assert float(loss) > 1e-4
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 8])
+def test_untrained_sampler_for_target_prior_returns_prior_draws(num_steps):
+    algo = _algorithm()
+    state, static = algo.init(jax.random.key(0))
+    xs = algo.sample(jax.random.key(5), state.params, static, 100, num_steps)
+    expected = sample_prior(jax.random.key(5), (100, 3), CONFIG.prior_bound)
+    np.testing.assert_allclose(xs, expected, atol=1e-5)
+
+
+def test_sampling_shapes_and_determinism():
+    algo = _algorithm(lambda x: -0.5 * jnp.sum((x - 1.0) ** 2))
+    state, static = algo.init(jax.random.key(0))
+    state, info = jax.jit(algo.step, static_argnums=2)(jax.random.key(1), state, static)
+    assert int(state.iteration) == 1
+    assert bool(jnp.isfinite(info.diffusion_loss)) and bool(jnp.isfinite(info.consistency_loss))
+    for k in (1, 2, 4, 8):
+        a = algo.sample(jax.random.key(3), state.ema_params, static, 7, k)
+        b = algo.sample(jax.random.key(3), state.ema_params, static, 7, k)
+        c = algo.sample(jax.random.key(4), state.ema_params, static, 7, k)
+        assert a.shape == (7, 3)
+        np.testing.assert_array_equal(a, b)
+        assert not np.allclose(a, c)
+
+
+def test_sampling_rejects_non_power_of_two():
+    algo = _algorithm()
+    state, static = algo.init(jax.random.key(0))
+    with pytest.raises(ValueError, match="power of two"):
+        algo.sample(jax.random.key(3), state.params, static, 7, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_sde_steps": 48}, "power of two"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"width": 2.5}, "width"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"initial_clip": -1.0}, "initial_clip"),
+    ],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConsistencyConfig(**kwargs)
+
+
+def test_clip_schedule():
+    config = ConsistencyConfig()
+    clips = [float(config.clip(jnp.asarray(i))) for i in (0, 199, 200, 400, 10**6)]
+    assert clips == [10.0, 10.0, 50.0, 250.0, 250.0]

@@ -1,0 +1,169 @@
+"""CDSInference: the MCMC-like contract, ArviZ, Predictive, errors, resume, recovery."""
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from conftest import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y, eight_schools
+from numpyro.infer import MCMC, Predictive
+
+import numpyro_cds.infer
+from numpyro_cds import CDSInference
+
+TINY = dict(num_train_steps=20, batch_size=16, num_sde_steps=4, chunk_size=10,
+            progress_bar=False)
+
+
+def test_is_an_mcmc_with_the_attributes_arviz_reads(trained_eight_schools):
+    cds = trained_eight_schools
+    assert isinstance(cds, MCMC)
+    assert (cds.num_chains, cds.num_samples, cds.thinning) == (2, 50, 1)
+    assert cds.sampler.model is eight_schools
+    assert cds._args == (EIGHT_SCHOOLS_SIGMA,)
+    assert set(cds._kwargs) == {"y"}
+
+
+def test_samples_and_extra_fields_shapes(trained_eight_schools):
+    cds = trained_eight_schools
+    flat, grouped = cds.get_samples(), cds.get_samples(group_by_chain=True)
+    assert set(flat) == {"mu", "tau", "theta_tilde", "theta"}
+    assert flat["theta"].shape == (100, 8)
+    assert grouped["theta"].shape == (2, 50, 8)
+    np.testing.assert_array_equal(grouped["mu"].reshape(-1), flat["mu"])
+    extra = cds.get_extra_fields(group_by_chain=True)
+    assert extra["lp"].shape == (2, 50)
+    assert not bool(jnp.any(extra["diverging"]))
+    x = jax.vmap(lambda s: jax.flatten_util.ravel_pytree(s)[0])(
+        {"mu": flat["mu"], "tau": jnp.log(flat["tau"]), "theta_tilde": flat["theta_tilde"]}
+    )
+    np.testing.assert_allclose(
+        cds.get_extra_fields()["lp"], jax.vmap(cds.target.logdensity_fn)(x), rtol=1e-4
+    )
+
+
+def test_arviz_round_trip(trained_eight_schools):
+    idata = az.from_numpyro(trained_eight_schools)
+    for group in ("posterior", "sample_stats", "log_likelihood", "observed_data"):
+        assert group in idata.groups()
+    assert idata.posterior.sizes["chain"] == 2
+    assert idata.posterior.sizes["draw"] == 50
+    assert idata.posterior["theta"].shape == (2, 50, 8)
+    assert idata.sample_stats["lp"].shape == (2, 50)
+    assert idata.log_likelihood["y"].shape == (2, 50, 8)
+    summary = az.summary(idata, var_names=["mu", "tau"])
+    assert list(summary.index) == ["mu", "tau"]
+
+
+def test_predictive(trained_eight_schools):
+    predictive = Predictive(eight_schools, trained_eight_schools.get_samples())
+    y = predictive(jax.random.key(0), EIGHT_SCHOOLS_SIGMA)["y"]
+    assert y.shape == (100, 8)
+
+
+def test_print_summary(trained_eight_schools, capsys):
+    trained_eight_schools.print_summary()
+    out = capsys.readouterr().out
+    assert "mu" in out and "tau" in out and "theta_tilde[0]" in out
+    assert "theta[0]" not in out
+    assert "20 training iterations" in out
+    trained_eight_schools.print_summary(exclude_deterministic=False)
+    assert "theta[0]" in capsys.readouterr().out
+
+
+def test_sample_more_without_retraining(trained_eight_schools):
+    cds = trained_eight_schools
+    a = cds.sample(jax.random.key(3), 30, num_steps=2)
+    b = cds.sample(jax.random.key(3), 30, num_steps=2)
+    assert a["theta"].shape == (30, 8)
+    np.testing.assert_array_equal(a["mu"], b["mu"])
+    assert cds.training_losses["diffusion_loss"].shape == (20,)
+    with pytest.raises(ValueError, match="power of two no larger than"):
+        cds.sample(jax.random.key(3), 30, num_steps=8)
+
+
+def test_same_key_same_draws():
+    def model():
+        numpyro.sample("x", dist.Normal(jnp.zeros(2), 1.0))
+
+    draws = []
+    for _ in range(2):
+        cds = CDSInference(model, num_samples=20, **TINY)
+        cds.run(jax.random.PRNGKey(3))  # legacy keys are accepted
+        draws.append(cds.get_samples()["x"])
+    np.testing.assert_array_equal(*draws)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"num_steps": 3}, ValueError, "power of two"),
+        ({"num_samples": "10"}, TypeError, "num_samples must be an int"),
+        ({"num_chains": 0}, ValueError, "num_chains must be at least 1"),
+        ({"whitening": "pca"}, ValueError, "whitening must be"),
+        ({"num_train_steps": -5}, ValueError, "num_train_steps"),
+        ({"batch_size": 1}, ValueError, "batch_size"),
+        ({"num_sde_steps": 100}, ValueError, "power of two"),
+        ({"learning_rate": 0.0}, ValueError, "learning_rate"),
+    ],
+)
+def test_bad_configuration(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        CDSInference(eight_schools, **kwargs)
+
+
+def test_bad_run_inputs():
+    cds = CDSInference(eight_schools, whitening=(0.0, [1.0, 2.0]), **TINY)
+    with pytest.raises(ValueError, match=r"shape \(10,\)"):
+        cds.run(jax.random.key(0), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
+    with pytest.raises(TypeError, match="rng_key"):
+        cds.run(42, EIGHT_SCHOOLS_SIGMA)
+    with pytest.raises(TypeError, match="model must be"):
+        CDSInference(None)
+    with pytest.raises(RuntimeError, match="run"):
+        CDSInference(eight_schools, **TINY).sample(jax.random.key(0), 3)
+
+
+def test_interrupted_training_resumes_to_the_same_result(monkeypatch, capsys):
+    def model():
+        numpyro.sample("x", dist.Normal(1.0, 2.0))
+
+    reference = CDSInference(model, num_samples=20, **TINY)
+    reference.run(jax.random.key(0))
+
+    original_fit = numpyro_cds.infer.fit
+
+    def interrupting_fit(*args, on_chunk, **kwargs):
+        def interrupt(state, info):
+            on_chunk(state, info)
+            raise KeyboardInterrupt
+
+        return original_fit(*args, on_chunk=interrupt, **kwargs)
+
+    cds = CDSInference(model, num_samples=20, **TINY)
+    monkeypatch.setattr(numpyro_cds.infer, "fit", interrupting_fit)
+    with pytest.raises(KeyboardInterrupt):
+        cds.run(jax.random.key(0))
+    assert "interrupted at iteration 10" in capsys.readouterr().out
+    monkeypatch.setattr(numpyro_cds.infer, "fit", original_fit)
+    cds.run(jax.random.key(0))
+    np.testing.assert_array_equal(cds.get_samples()["x"], reference.get_samples()["x"])
+    assert cds.training_losses["diffusion_loss"].shape == (20,)
+
+
+def test_end_to_end_recovers_correlated_gaussian():
+    """2-D correlated Gaussian, no whitening: training must move and shape the mass."""
+    mean = jnp.array([2.0, -1.0])
+    cov = jnp.array([[1.0, 0.8], [0.8, 1.0]]) * 0.25
+
+    def model():
+        numpyro.sample("x", dist.MultivariateNormal(mean, cov))
+
+    cds = CDSInference(model, num_samples=4000, num_train_steps=600, batch_size=128,
+                       num_sde_steps=16, whitening=None, progress_bar=False)
+    cds.run(jax.random.key(0))
+    x = np.asarray(cds.get_samples()["x"])
+    np.testing.assert_allclose(x.mean(0), mean, atol=0.1)
+    np.testing.assert_allclose(np.cov(x.T), cov, atol=0.06)

@@ -1,0 +1,74 @@
+"""Whitening: log-determinant, exact Gaussian case, scale robustness, multimodality."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.special import logsumexp
+
+from numpyro_cds.diffusion import standard_normal_logdensity
+from numpyro_cds.whitening import AffineWhitening, fit_whitening, whitening_from_spec
+
+
+def _gaussian(loc, scale):
+    def logdensity(x):
+        z = (x - loc) / scale
+        return -0.5 * jnp.sum(z**2) - jnp.sum(jnp.log(scale)) - 0.5 * x.size * jnp.log(2 * jnp.pi)
+
+    return logdensity
+
+
+def test_log_det_and_exact_gaussian():
+    loc, scale = jnp.array([1.0, -3.0, 1e4]), jnp.array([0.5, 2.0, 2e4])
+    w = AffineWhitening(loc, scale)
+    np.testing.assert_allclose(w.log_det, jnp.log(0.5 * 2.0 * 2e4), rtol=1e-6)
+    whitened = w.whitened_logdensity(_gaussian(loc, scale))
+    for z in (jnp.zeros(3), jnp.array([0.3, -1.2, 2.0])):
+        np.testing.assert_allclose(whitened(z), standard_normal_logdensity(z), rtol=1e-5)
+    np.testing.assert_allclose(w.whiten(w.unwhiten(jnp.ones(3))), jnp.ones(3), rtol=1e-5)
+
+
+def test_fit_recovers_badly_scaled_gaussian():
+    loc, scale = jnp.array([2.5e4, -3.0, 0.01]), jnp.array([2e4, 1e2, 1e-3])
+    starts = jax.random.uniform(jax.random.key(0), (4, 3), minval=-2, maxval=2)
+    w = fit_whitening(jax.random.key(1), _gaussian(loc, scale), starts)
+    np.testing.assert_allclose(w.scale / scale, 1.0, atol=0.15)
+    np.testing.assert_allclose((w.loc - loc) / scale, 0.0, atol=0.15)
+
+
+def test_fit_does_not_collapse_onto_one_mode():
+    """Two well-separated modes at +-6: a single-mode fit would have scale ~1."""
+
+    def mixture(x):
+        return logsumexp(jnp.array([
+            -0.5 * jnp.sum((x - 6.0) ** 2), -0.5 * jnp.sum((x + 6.0) ** 2)
+        ]))
+
+    starts = jnp.linspace(-2.0, 2.0, 8)[:, None]
+    w = fit_whitening(jax.random.key(0), mixture, starts)
+    assert abs(float(w.loc[0])) < 2.0
+    assert 4.5 < float(w.scale[0]) < 7.5
+
+
+def test_spec_accepts_scalars_lists_and_arrays():
+    w = whitening_from_spec((0.0, 40.0), 2)
+    np.testing.assert_array_equal(w.scale, [40.0, 40.0])
+    w = whitening_from_spec(([1.0, 2.0], np.array([3.0, 4.0])), 2)
+    np.testing.assert_array_equal(w.loc, [1.0, 2.0])
+    w = whitening_from_spec([0.0, [1.0, 2.0]], 2)
+    np.testing.assert_array_equal(w.scale, [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ((0.0, [1.0, 2.0, 3.0]), r"shape \(2,\)"),
+        ((0.0, -1.0), "positive"),
+        ((0.0, jnp.nan), "finite"),
+        ((0.0,), "pair"),
+        ("whiten", "pair"),
+    ],
+)
+def test_spec_errors(spec, match):
+    with pytest.raises(ValueError, match=match):
+        whitening_from_spec(spec, 2)
