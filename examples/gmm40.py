@@ -89,7 +89,8 @@ def main(args):
     report(next(iter(draws)), next(iter(draws.values())), means)
     if args.compare_nuts:
         start = time.perf_counter()
-        mcmc = MCMC(NUTS(model), num_warmup=1000, num_samples=1000, num_chains=2,
+        mcmc = MCMC(NUTS(model), num_warmup=args.num_nuts_samples,
+                    num_samples=args.num_nuts_samples, num_chains=2,
                     chain_method="sequential", progress_bar=not args.no_progress_bar)
         mcmc.run(jax.random.key(args.seed + 1), means)
         print(f"NUTS: {time.perf_counter() - start:.1f} s in total")
@@ -124,6 +125,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--compare-nuts", action="store_true")
+    parser.add_argument("--num-nuts-samples", type=int, default=1000,
+                        help="NUTS warm-up and draws per chain (2 chains)")
     parser.add_argument("--plot", default="gmm40.png")
     parser.add_argument("--no-progress-bar", action="store_true")
     args = parser.parse_args()

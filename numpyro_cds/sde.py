@@ -46,8 +46,8 @@ class LinearSchedule(AbstractSchedule):
 
     Example:
         >>> schedule = LinearSchedule()
-        >>> float(schedule.beta(0.0)), float(schedule.beta(1.0))
-        (10.0, 0.10000000149011612)
+        >>> round(float(schedule.beta(0.0)), 6), round(float(schedule.beta(1.0)), 6)
+        (10.0, 0.1)
     """
 
     beta_min: float = eqx.field(static=True, default=0.1)

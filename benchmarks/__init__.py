@@ -1,0 +1,1 @@
+"""Benchmarks of numpyro_cds (not part of the library; see README.md here)."""
