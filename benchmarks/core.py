@@ -31,12 +31,16 @@ import eight_schools  # noqa: E402
 import funnel  # noqa: E402
 import gmm40  # noqa: E402
 
-from numpyro_cds import CDSInference  # noqa: E402
+from numpyro_cds import CDSInference, ConsistencyConfig, TrainConfig  # noqa: E402
+from numpyro_cds.consistency import consistency_sampler  # noqa: E402
 from numpyro_cds.diagnostics import (  # noqa: E402
     flatten_samples,
     mode_statistics,
     standardized_errors,
 )
+from numpyro_cds.target import target_from_model  # noqa: E402
+from numpyro_cds.train import default_optimizer, fit  # noqa: E402
+from numpyro_cds.whitening import AffineWhitening  # noqa: E402
 
 NUM_DRAWS = 20_000
 
@@ -52,8 +56,14 @@ def _median_time(fn, repeats=5):
 
 
 def _nuts(model, seed, *args):
-    mcmc = MCMC(NUTS(model), num_warmup=1000, num_samples=1000, num_chains=2,
-                chain_method="sequential", progress_bar=False)
+    mcmc = MCMC(
+        NUTS(model),
+        num_warmup=1000,
+        num_samples=1000,
+        num_chains=2,
+        chain_method="sequential",
+        progress_bar=False,
+    )
     start = time.perf_counter()
     mcmc.run(jax.random.key(seed), *args, extra_fields=("diverging", "num_steps"))
     seconds = time.perf_counter() - start
@@ -85,8 +95,9 @@ def bench_eight_schools(posteriordb, seed):
         samples = cds.sample(jax.random.key(seed + 1), NUM_DRAWS, num_steps=k)
         if reference is not None:
             result[f"k={k}"] = _max_errors(samples, reference)
-    mcmc, result["nuts"] = _nuts(eight_schools.model, seed, eight_schools.SIGMA,
-                                 eight_schools.Y)
+    mcmc, result["nuts"] = _nuts(
+        eight_schools.model, seed, eight_schools.SIGMA, eight_schools.Y
+    )
     if reference is not None:
         result["nuts"].update(_max_errors(mcmc.get_samples(), reference))
     return result
@@ -97,8 +108,9 @@ def bench_gmm40(means_path, seed):
     means = gmm40.make_means(means_path)
     result = {}
     for label, whitening in (("scale40", (0.0, 40.0)), ("auto", "auto")):
-        cds = CDSInference(gmm40.model, num_samples=NUM_DRAWS, whitening=whitening,
-                           progress_bar=False)
+        cds = CDSInference(
+            gmm40.model, num_samples=NUM_DRAWS, whitening=whitening, progress_bar=False
+        )
         start = time.perf_counter()
         cds.run(jax.random.key(seed), means)
         row = {"seconds_total": time.perf_counter() - start}
@@ -107,8 +119,9 @@ def bench_gmm40(means_path, seed):
             row[f"k={k}"] = mode_statistics(np.asarray(x), np.asarray(means))
         result[label] = row
     mcmc, result["nuts"] = _nuts(gmm40.model, seed, means)
-    result["nuts"].update(mode_statistics(np.asarray(mcmc.get_samples()["x"]),
-                                          np.asarray(means)))
+    result["nuts"].update(
+        mode_statistics(np.asarray(mcmc.get_samples()["x"]), np.asarray(means))
+    )
     return result
 
 
@@ -126,8 +139,11 @@ def bench_funnel(seed):
     # Throughput of trained one-step sampling at dimension 10.
     setup = cds._setup
     n = 1_000_000
-    raw = jax.jit(lambda key: setup["whitening"].unwhiten(setup["algorithm"].sample(
-        key, cds._state.ema_params, setup["static"], n, 1)))
+    raw = jax.jit(
+        lambda key: setup["whitening"].unwhiten(
+            setup["algorithm"].sample(key, cds._state.ema_params, setup["static"], n, 1)
+        )
+    )
     seconds = _median_time(lambda: raw(jax.random.key(3)))
     result["draws_per_second_1step_d10"] = n / seconds
     seconds = _median_time(lambda: cds.sample(jax.random.key(4), n, num_steps=1), 3)
@@ -136,21 +152,36 @@ def bench_funnel(seed):
 
 
 def bench_training_speed(means_path, seed):
-    """Seconds per training iteration on GMM-40 (2-D) at two configurations."""
+    """Seconds per training iteration on GMM-40 (2-D) at two configurations.
+
+    One ``fit`` call of 7 chunks of 50 iterations; the time between consecutive chunk
+    callbacks is one chunk's run time (the first chunk, which compiles, is dropped).
+    """
     means = gmm40.make_means(means_path)
+    target = target_from_model(jax.random.key(seed), gmm40.model, (means,))
+    logdensity_fn = AffineWhitening(
+        jnp.zeros(2), jnp.full(2, 40.0)
+    ).whitened_logdensity(target.logdensity_fn)
     result = {}
     for batch, steps in ((256, 64), (512, 128)):
-        cds = CDSInference(gmm40.model, batch_size=batch, num_sde_steps=steps,
-                           num_train_steps=50, chunk_size=50, whitening=(0.0, 40.0),
-                           progress_bar=False)
-        cds.run(jax.random.key(seed), means)  # compiles and runs one chunk
-        per_iteration = []
-        for repeat in range(5):
-            cds.train_config = type(cds.train_config)(
-                num_train_steps=50 * (repeat + 2), chunk_size=50)
-            start = time.perf_counter()
-            cds.warmup(jax.random.key(seed), means)
-            per_iteration.append((time.perf_counter() - start) / 50)
+        config = ConsistencyConfig(batch_size=batch, num_sde_steps=steps)
+        train = TrainConfig(num_train_steps=350, chunk_size=50)
+        algorithm = consistency_sampler(
+            logdensity_fn, 2, config, default_optimizer(train)
+        )
+        state, static = algorithm.init(jax.random.key(seed))
+        stamps = []
+        fit(
+            jax.random.key(seed),
+            algorithm.step,
+            state,
+            static,
+            350,
+            chunk_size=50,
+            progress_bar=False,
+            on_chunk=lambda s, i, stamps=stamps: stamps.append(time.perf_counter()),
+        )
+        per_iteration = np.diff(stamps) / 50
         result[f"B={batch},N={steps}"] = float(np.median(per_iteration))
     return result
 
@@ -182,21 +213,32 @@ def render_markdown(results, command):
         ]
         for key, row in es.items():
             if key.startswith("k=") and "max_mean_error" in row:
-                lines.append(f"| CDS {key} | {_fmt(es['seconds_total'], 1)} (train + "
-                             f"1 draw set) | {_fmt(row['max_mean_error'])} | "
-                             f"{_fmt(row['max_log_sd_ratio'])} |")
+                lines.append(
+                    f"| CDS {key} | {_fmt(es['seconds_total'], 1)} (train + "
+                    f"1 draw set) | {_fmt(row['max_mean_error'])} | "
+                    f"{_fmt(row['max_log_sd_ratio'])} |"
+                )
         nuts = es["nuts"]
-        lines.append(f"| NUTS 2x1000 | {_fmt(nuts['seconds'], 1)} | "
-                     f"{_fmt(nuts.get('max_mean_error', float('nan')))} | "
-                     f"{_fmt(nuts.get('max_log_sd_ratio', float('nan')))} |")
-        lines += ["", f"CDS timings (s): {json.dumps({k: round(v, 1) for k, v in es['timings'].items()})}; "
-                  f"NUTS: {nuts['divergences']} divergences, "
-                  f"{nuts['gradient_evaluations']} gradient evaluations.", ""]
+        lines.append(
+            f"| NUTS 2x1000 | {_fmt(nuts['seconds'], 1)} | "
+            f"{_fmt(nuts.get('max_mean_error', float('nan')))} | "
+            f"{_fmt(nuts.get('max_log_sd_ratio', float('nan')))} |"
+        )
+        lines += [
+            "",
+            f"CDS timings (s): {json.dumps({k: round(v, 1) for k, v in es['timings'].items()})}; "
+            f"NUTS: {nuts['divergences']} divergences, "
+            f"{nuts['gradient_evaluations']} gradient evaluations.",
+            "",
+        ]
     gmm = results.get("gmm40")
     if gmm:
-        lines += ["### GMM-40 (2-D, 40 modes)", "",
-                  "| method | wall time (s) | modes with >= 0.5 % | draws within 3 sd of a mode | max \\|weight - 1/40\\| |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "### GMM-40 (2-D, 40 modes)",
+            "",
+            "| method | wall time (s) | modes with >= 0.5 % | draws within 3 sd of a mode | max \\|weight - 1/40\\| |",
+            "|---|---|---|---|---|",
+        ]
         for label in ("scale40", "auto"):
             row = gmm[label]
             for key, stats in row.items():
@@ -204,31 +246,51 @@ def render_markdown(results, command):
                     lines.append(
                         f"| CDS whitening={label}, {key} | {_fmt(row['seconds_total'], 1)} | "
                         f"{stats['modes_found']}/40 | {_fmt(stats['near_fraction'])} | "
-                        f"{_fmt(stats['max_weight_error'], 4)} |")
+                        f"{_fmt(stats['max_weight_error'], 4)} |"
+                    )
         nuts = gmm["nuts"]
-        lines += [f"| NUTS 2x1000 | {_fmt(nuts['seconds'], 1)} | {nuts['modes_found']}/40 | "
-                  f"{_fmt(nuts['near_fraction'])} | {_fmt(nuts['max_weight_error'], 4)} |", ""]
+        lines += [
+            f"| NUTS 2x1000 | {_fmt(nuts['seconds'], 1)} | {nuts['modes_found']}/40 | "
+            f"{_fmt(nuts['near_fraction'])} | {_fmt(nuts['max_weight_error'], 4)} |",
+            "",
+        ]
     fun = results.get("funnel")
     if fun:
-        lines += ["### Funnel (10-D): quantiles of x0 (exact: -6.98, 0, 6.98)", "",
-                  "| method | wall time (s) | 1 % | 50 % | 99 % |", "|---|---|---|---|---|"]
+        lines += [
+            "### Funnel (10-D): quantiles of x0 (exact: -6.98, 0, 6.98)",
+            "",
+            "| method | wall time (s) | 1 % | 50 % | 99 % |",
+            "|---|---|---|---|---|",
+        ]
         for key, q in fun.items():
             if key.startswith("k="):
-                lines.append(f"| CDS {key} (100k draws) | {_fmt(fun['seconds_total'], 1)} | "
-                             + " | ".join(_fmt(v, 2) for v in q) + " |")
+                lines.append(
+                    f"| CDS {key} (100k draws) | {_fmt(fun['seconds_total'], 1)} | "
+                    + " | ".join(_fmt(v, 2) for v in q)
+                    + " |"
+                )
         nuts = fun["nuts"]
-        lines += [f"| NUTS 2x1000 ({nuts['divergences']} divergences) | {_fmt(nuts['seconds'], 1)} | "
-                  + " | ".join(_fmt(v, 2) for v in nuts["quantiles"]) + " |", "",
-                  "### Sampling throughput after training (1 step, dimension 10)", "",
-                  f"- raw sampler (prior draw, network, unwhitening), 10^6 draws: "
-                  f"{fun['draws_per_second_1step_d10'] / 1e6:.2f} M draws/s",
-                  f"- `cds.sample(key, 10**6)` (adds constraining to the model's sites): "
-                  f"{fun['draws_per_second_via_sample'] / 1e6:.2f} M draws/s", ""]
+        lines += [
+            f"| NUTS 2x1000 ({nuts['divergences']} divergences) | {_fmt(nuts['seconds'], 1)} | "
+            + " | ".join(_fmt(v, 2) for v in nuts["quantiles"])
+            + " |",
+            "",
+            "### Sampling throughput after training (1 step, dimension 10)",
+            "",
+            f"- raw sampler (prior draw, network, unwhitening), 10^6 draws: "
+            f"{fun['draws_per_second_1step_d10'] / 1e6:.2f} M draws/s",
+            f"- `cds.sample(key, 10**6)` (adds constraining to the model's sites): "
+            f"{fun['draws_per_second_via_sample'] / 1e6:.2f} M draws/s",
+            "",
+        ]
     speed = results.get("training_speed")
     if speed:
-        lines += ["### Training speed (GMM-40 target, median of 5 chunks of 50 iterations)", "",
-                  "| configuration | s / iteration | reference PyTorch DIS (same machine) |",
-                  "|---|---|---|"]
+        lines += [
+            "### Training speed (GMM-40 target, median of 5 chunks of 50 iterations)",
+            "",
+            "| configuration | s / iteration | reference PyTorch DIS (same machine) |",
+            "|---|---|---|",
+        ]
         for key, value in speed.items():
             ref = "0.34 s (SCDS ~1.3x that)" if key == "B=512,N=128" else ""
             lines.append(f"| {key} | {value:.4f} | {ref} |")
@@ -243,18 +305,27 @@ def main(argv=None):
     parser.add_argument("--gmm-means", default=None)
     parser.add_argument("--out", default="results/core")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="*", default=None,
-                        choices=["eight_schools", "gmm40", "funnel", "training_speed"])
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        choices=["eight_schools", "gmm40", "funnel", "training_speed"],
+    )
     parser.add_argument("--write-benchmarks", action="store_true")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "core.json")
     results = json.load(open(path)) if os.path.exists(path) else {}
-    results.update(seed=args.seed, machine={
-        "processor": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(), "jax": jax.__version__,
-        "backend": jax.default_backend(), "date": time.strftime("%Y-%m-%d"),
-    })
+    results.update(
+        seed=args.seed,
+        machine={
+            "processor": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "date": time.strftime("%Y-%m-%d"),
+        },
+    )
     runs = {
         "eight_schools": lambda: bench_eight_schools(args.posteriordb, args.seed),
         "gmm40": lambda: bench_gmm40(args.gmm_means, args.seed),
@@ -265,13 +336,17 @@ def main(argv=None):
         print(f"running {name} ...", flush=True)
         results[name] = runs[name]()
         json.dump(results, open(path, "w"), indent=1, default=float)
-    command = "python -m benchmarks.core " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.core " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     markdown = render_markdown(results, command)
     open(os.path.join(args.out, "core.md"), "w").write(markdown)
     print(markdown)
     if args.write_benchmarks:
-        header = ("# Benchmarks\n\nGenerated by the commands shown in each section; "
-                  "do not edit by hand.\n\n")
+        header = (
+            "# Benchmarks\n\nGenerated by the commands shown in each section; "
+            "do not edit by hand.\n\n"
+        )
         open("BENCHMARKS.md", "w").write(header + markdown + "\n")
 
 

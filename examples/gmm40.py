@@ -15,24 +15,21 @@ References:
     Methods for Sampling.
 """
 
-import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from _common import parse, parser_with_common_flags, run_inference, run_nuts
 from jax.scipy.special import logsumexp
-from numpyro.infer import MCMC, NUTS
 
-from numpyro_cds import CDSInference
 from numpyro_cds.diagnostics import mode_statistics
 
 
 def make_means(path=None):
-    """The 40 means: from a JSON file ``{"means": [[x, y], ...]}`` or drawn from key 0."""
+    """The 40 means: from a JSON file ``{"means": [[x, y], ...]}`` or from key 0."""
     if path:
         with open(path) as f:
             return jnp.asarray(json.load(f)["means"], jnp.float32)
@@ -53,47 +50,27 @@ def model(means):
     numpyro.factor("mixture", mixture_logdensity(x, means))
 
 
-def run_inference(model, args, rng_key, *model_args):
-    """Train the consistent sampler and draw."""
-    whitening = "auto" if args.whitening_scale is None else (0.0, args.whitening_scale)
-    cds = CDSInference(
-        model,
-        num_samples=args.num_samples,
-        num_chains=args.num_chains,
-        num_steps=args.num_steps,
-        num_train_steps=args.num_train_steps,
-        batch_size=args.batch_size,
-        num_sde_steps=args.num_sde_steps,
-        whitening=whitening,
-        progress_bar=not args.no_progress_bar,
-    )
-    cds.run(rng_key, *model_args)
-    return cds
-
-
 def report(name, draws, means):
     """Print mode coverage."""
     stats = mode_statistics(np.asarray(draws), np.asarray(means))
-    print(f"{name}: {stats['modes_found']}/40 modes with >= 0.5 % of the draws, "
-          f"{100 * stats['near_fraction']:.1f} % of draws within 3 sd of a mode")
+    print(
+        f"{name}: {stats['modes_found']}/40 modes with >= 0.5 % of the draws, "
+        f"{100 * stats['near_fraction']:.1f} % of draws within 3 sd of a mode"
+    )
 
 
 def main(args):
     """Run the example."""
     means = make_means(args.means)
-    start = time.perf_counter()
-    cds = run_inference(model, args, jax.random.key(args.seed), means)
-    print(f"CDSInference: {time.perf_counter() - start:.1f} s in total")
+    whitening = "auto" if args.whitening_scale is None else (0.0, args.whitening_scale)
+    cds = run_inference(
+        model, args, jax.random.key(args.seed), means, whitening=whitening
+    )
     cds.print_summary()
     draws = {f"CDS ({cds.num_steps} step)": np.asarray(cds.get_samples()["x"])}
     report(next(iter(draws)), next(iter(draws.values())), means)
     if args.compare_nuts:
-        start = time.perf_counter()
-        mcmc = MCMC(NUTS(model), num_warmup=args.num_nuts_samples,
-                    num_samples=args.num_nuts_samples, num_chains=2,
-                    chain_method="sequential", progress_bar=not args.no_progress_bar)
-        mcmc.run(jax.random.key(args.seed + 1), means)
-        print(f"NUTS: {time.perf_counter() - start:.1f} s in total")
+        mcmc = run_nuts(model, args, means)
         draws["NUTS"] = np.asarray(mcmc.get_samples()["x"])
         report("NUTS", draws["NUTS"], means)
     if args.plot and len(draws) > 1:
@@ -113,22 +90,13 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="GMM-40 with CDSInference")
-    parser.add_argument("--num-samples", type=int, default=10000)
-    parser.add_argument("--num-chains", type=int, default=1)
-    parser.add_argument("--num-steps", type=int, default=1)
-    parser.add_argument("--num-train-steps", type=int, default=8000)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--num-sde-steps", type=int, default=None)
-    parser.add_argument("--whitening-scale", type=float, default=None)
+    parser = parser_with_common_flags("GMM-40 with CDSInference", num_samples=10000)
+    parser.add_argument(
+        "--whitening-scale",
+        type=float,
+        default=None,
+        help="whitening=(0, scale) instead of the automatic fit",
+    )
     parser.add_argument("--means", default=None, help="JSON file with the 40 means")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    parser.add_argument("--compare-nuts", action="store_true")
-    parser.add_argument("--num-nuts-samples", type=int, default=1000,
-                        help="NUTS warm-up and draws per chain (2 chains)")
     parser.add_argument("--plot", default="gmm40.png")
-    parser.add_argument("--no-progress-bar", action="store_true")
-    args = parser.parse_args()
-    numpyro.set_platform(args.device)
-    main(args)
+    main(parse(parser))

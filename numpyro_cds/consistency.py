@@ -1,7 +1,7 @@
 """Self-consistent diffusion sampler (SCDS): training step and k-step sampling.
 
 One step-size-conditioned control is trained from scratch with two losses per
-iteration (``../docs/method.md`` Part B section 4):
+iteration (Jutras-Dube et al. 2025, "Single-Step Consistent Diffusion Samplers"):
 
 1. the log-variance loss of the diffusion sampler on Euler-Maruyama paths simulated
    with step size ``1 / N`` (:func:`numpyro_cds.diffusion.log_variance_loss`);

@@ -10,7 +10,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["flatten_samples", "standardized_errors", "plot_marginals", "mode_statistics"]
+__all__ = [
+    "flatten_samples",
+    "standardized_errors",
+    "plot_marginals",
+    "mode_statistics",
+]
 
 
 def flatten_samples(samples: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -107,7 +112,9 @@ def plot_marginals(
         bins = np.linspace(low, high, 60)
         for method, draws in draws_by_method.items():
             if name in draws:
-                ax.hist(draws[name], bins=bins, density=True, histtype="step", label=method)
+                ax.hist(
+                    draws[name], bins=bins, density=True, histtype="step", label=method
+                )
         ax.set_title(name, fontsize=9)
     for ax in axes[len(names) :]:
         ax.axis("off")
@@ -118,7 +125,11 @@ def plot_marginals(
 
 
 def mode_statistics(
-    draws: np.ndarray, means: np.ndarray, *, radius: float = 3.0, min_mass: float = 0.005
+    draws: np.ndarray,
+    means: np.ndarray,
+    *,
+    radius: float = 3.0,
+    min_mass: float = 0.005,
 ) -> dict[str, float]:
     """Mode coverage of draws from a mixture with known component means.
 
@@ -152,5 +163,7 @@ def mode_statistics(
         "modes_found": int(np.sum(mass >= min_mass)),
         "near_fraction": float(np.mean(distances.min(1) <= radius)),
         "max_weight_error": float(np.max(np.abs(mass - 1 / len(means)))),
-        "entropic_coverage": float(-np.sum(positive * np.log(positive)) / np.log(len(means))),
+        "entropic_coverage": float(
+            -np.sum(positive * np.log(positive)) / np.log(len(means))
+        ),
     }

@@ -1,13 +1,13 @@
-"""The controlled diffusion sampler: control, Euler-Maruyama paths, log-variance loss.
+r"""The controlled diffusion sampler: control, Euler-Maruyama paths, log-variance loss.
 
 Everything here acts on a *whitened* target: a log density ``logdensity_fn(x)`` of one
-flat vector ``x`` (see :mod:`numpyro_cds.whitening`).  The control follows the SCDS/DIS
-"lerp" design (``../docs/method.md`` Part B section 2.2):
+flat vector ``x`` (see :mod:`numpyro_cds.whitening`).  The control follows the "lerp"
+design of DIS and SCDS (Jutras-Dube et al. 2025):
 
 .. math::
-    u(x, t, d) = \\mathrm{clip}(NN(x, t, d)) + \\sigma(t)\\,
-    \\mathrm{clip}\\big((1 - t)\\nabla\\log p_0(x) + t\\,\\nabla\\log\\rho(x)\\big)\\,
-    \\mathrm{clip}(s(t)),
+    u(x, t, d) = \mathrm{clip}(NN(x, t, d)) + \sigma(t)\,
+    \mathrm{clip}\big((1 - t)\nabla\log p_0(x) + t\,\nabla\log\rho(x)\big)\,
+    \mathrm{clip}(s(t)),
 
 with the standard normal prior ``p_0`` and element-wise clips.  At initialisation
 ``NN = 0`` and ``s = 1``, so the control is the Langevin-preconditioned interpolated
@@ -192,7 +192,10 @@ def log_variance_loss(
     times = jnp.arange(num_steps) * dt
     embeddings, gates = jax.vmap(lambda t: network.conditioning(t, dt))(times)
     # One flat batch of num_steps * batch states: a single large matrix product.
-    rows = lambda a: jnp.repeat(a, paths.states.shape[1], axis=0)
+
+    def rows(a):
+        return jnp.repeat(a, paths.states.shape[1], axis=0)
+
     u = jax.vmap(
         lambda x, t, embedding, gate, score: _control_from_conditioning(
             network, schedule, x, t, embedding, gate, score, clip

@@ -8,6 +8,8 @@ unchanged): ``run`` trains the sampler (the analogue of warm-up) and then draws.
 from __future__ import annotations
 
 import dataclasses
+import os
+import pickle
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -105,6 +107,10 @@ class CDSInference(MCMC):
         consistency: further sampler settings; ``batch_size`` and ``num_sde_steps``
             given here take precedence.
         chunk_size: training iterations per compiled chunk (one progress update each).
+        checkpoint: optional file path.  The training state, whitening and loss history
+            are written there after every chunk; a later ``run`` (even in a new process)
+            with the same model and settings resumes from it instead of starting over.
+            With the same ``rng_key`` the result equals an uninterrupted run.
         progress_bar: show a tqdm progress bar with the loss during training.
 
     Example:
@@ -132,6 +138,7 @@ class CDSInference(MCMC):
         whitening: str | tuple | None = "auto",
         consistency: ConsistencyConfig | None = None,
         chunk_size: int = 50,
+        checkpoint: str | os.PathLike | None = None,
         progress_bar: bool = True,
     ):
         if not callable(model):
@@ -153,12 +160,17 @@ class CDSInference(MCMC):
             chunk_size=chunk_size,
         )
         self.num_steps = self._check_num_steps(num_steps)
-        if not (whitening is None or whitening == "auto" or isinstance(whitening, (tuple, list))):
+        if not (
+            whitening is None
+            or whitening == "auto"
+            or isinstance(whitening, (tuple, list))
+        ):
             raise ValueError(
                 "whitening must be 'auto', None or a pair (loc, scale); got "
                 f"{whitening!r}."
             )
         self.whitening_spec = whitening
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self._args: tuple = ()
         self._kwargs: dict = {}
         self._setup = None
@@ -184,7 +196,10 @@ class CDSInference(MCMC):
         start = time.perf_counter()
         target_key, whitening_key, init_key, train_key = jax.random.split(rng_key, 4)
         target = target_from_model(target_key, self.sampler.model, args, kwargs)
-        if self.whitening_spec is None:
+        restored = self._read_checkpoint(target.dim)
+        if restored is not None:
+            whitening = restored["whitening"]
+        elif self.whitening_spec is None:
             whitening = AffineWhitening(jnp.zeros(target.dim), jnp.ones(target.dim))
         elif isinstance(self.whitening_spec, str):
             whitening = fit_whitening(
@@ -201,6 +216,10 @@ class CDSInference(MCMC):
             logdensity_fn, target.dim, self.consistency, optimizer
         )
         state, static = algorithm.init(init_key)
+        history = {}
+        if restored is not None:
+            state = self._restore_state(restored["state"], state)
+            history = restored["losses"]
         self._setup = dict(
             target=target,
             whitening=whitening,
@@ -210,9 +229,49 @@ class CDSInference(MCMC):
         )
         self._state = state
         self._sample_fns = {}
-        self.training_losses = {}
+        self.training_losses = history
         self.timings = {"whitening": time.perf_counter() - start, "training": 0.0}
         self._args, self._kwargs = args, kwargs
+
+    def _read_checkpoint(self, dim: int) -> dict | None:
+        if self.checkpoint is None or not os.path.exists(self.checkpoint):
+            return None
+        with open(self.checkpoint, "rb") as f:
+            payload = pickle.load(f)
+        if payload.get("dim") != dim:
+            raise ValueError(
+                f"Checkpoint {self.checkpoint!r} was written for a model with "
+                f"{payload.get('dim')} latent dimensions, this one has {dim}. Delete "
+                "the file or pass another checkpoint path."
+            )
+        return payload
+
+    def _restore_state(self, saved, template):
+        same = jax.tree.structure(saved) == jax.tree.structure(template) and all(
+            np.shape(a) == np.shape(b)
+            for a, b in zip(
+                jax.tree.leaves(saved), jax.tree.leaves(template), strict=True
+            )
+        )
+        if not same:
+            raise ValueError(
+                f"Checkpoint {self.checkpoint!r} does not match this sampler's "
+                "settings "
+                "(network size, optimiser). Delete the file or pass another path."
+            )
+        return jax.tree.map(jnp.asarray, saved)
+
+    def _write_checkpoint(self) -> None:
+        payload = {
+            "dim": self._setup["target"].dim,
+            "state": jax.device_get(self._state),
+            "whitening": jax.device_get(self._setup["whitening"]),
+            "losses": self.training_losses,
+        }
+        temporary = self.checkpoint + ".tmp"
+        with open(temporary, "wb") as f:
+            pickle.dump(payload, f)
+        os.replace(temporary, self.checkpoint)
 
     @property
     def target(self) -> Target:
@@ -242,7 +301,8 @@ class CDSInference(MCMC):
         """Fit the whitening and train the sampler (NumPyro's warm-up analogue).
 
         Training for the same model arguments resumes where it stopped: if it was
-        interrupted (Ctrl-C), calling ``warmup`` or ``run`` again continues from the last
+        interrupted (Ctrl-C), calling ``warmup`` or ``run`` again continues from the
+        last
         completed chunk and gives the same result as an uninterrupted run.
         """
         rng_key = _as_key(rng_key)
@@ -260,6 +320,8 @@ class CDSInference(MCMC):
             self._state = state
             for name, values in info._asdict().items():
                 history[name] = np.concatenate([history.get(name, []), values])
+            if self.checkpoint is not None:
+                self._write_checkpoint()
 
         start = time.perf_counter()
         try:
@@ -316,8 +378,8 @@ class CDSInference(MCMC):
         """
         self._require_trained()
         num_samples = _check_count("num_samples", num_samples)
-        num_steps = self.num_steps if num_steps is None else self._check_num_steps(
-            num_steps
+        num_steps = (
+            self.num_steps if num_steps is None else self._check_num_steps(num_steps)
         )
         xs, _ = self._draw_flat(_as_key(rng_key), num_samples, num_steps)
         return self._constrain(xs)

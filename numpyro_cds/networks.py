@@ -2,9 +2,9 @@
 
 The control network follows the FourierMLP of the SCDS/DIS reference design: the state
 is embedded by a linear layer, Fourier embeddings of the time ``t`` and of the step size
-``d`` are added, two GELU hidden layers follow, and a zero-initialised output layer makes
-the learned part of the control exactly zero at initialisation.  A separate scalar time
-embedding (last weight 0, bias 1) is the gate on the Langevin term, see
+``d`` are added, two GELU hidden layers follow, and a zero-initialised output layer
+makes the learned part of the control exactly zero at initialisation.  A separate
+scalar time embedding (last weight 0, bias 1) is the gate on the Langevin term, see
 :func:`numpyro_cds.diffusion.control`.
 """
 
@@ -118,14 +118,12 @@ class ControlNetwork(eqx.Module):
         self.output_layer = _zero_last_layer(
             eqx.nn.Linear(width, dim, key=keys[4]), 0.0
         )
-        self.hidden_layers = tuple(
-            eqx.nn.Linear(width, width, key=k) for k in keys[5:]
-        )
+        self.hidden_layers = tuple(eqx.nn.Linear(width, width, key=k) for k in keys[5:])
 
     def conditioning(
         self, t: Float[Array, ""], d: Float[Array, ""]
     ) -> tuple[Float[Array, " width"], Float[Array, ""]]:
-        """Embedding of ``(t, d)`` added to the state features, and the gate ``s(t)``."""
+        """Embedding of ``(t, d)`` added to the state features; the gate ``s(t)``."""
         return self.time_embedding(t) + self.step_embedding(d), self.gate(t)
 
     def output(

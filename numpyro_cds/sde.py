@@ -1,13 +1,13 @@
-"""Variance-preserving SDE: noise schedule, time grid and the two discretised steps.
+r"""Variance-preserving SDE: noise schedule, time grid and the two discretised steps.
 
 Time runs forward in *generative* time ``t`` in ``[0, 1]``: ``t = 0`` is the prior end,
 ``N(0, I)``, and ``t = 1`` the target end.  The controlled SDE is
 
-.. math:: dX_t = [\\tfrac12\\beta(t) X_t + \\sigma(t) u(X_t, t)]\\,dt + \\sigma(t)\\,dW_t,
+.. math:: dX_t = [\tfrac12\beta(t) X_t + \sigma(t) u(X_t, t)]\,dt + \sigma(t)\,dW_t,
 
-with :math:`\\sigma(t) = \\sqrt{\\beta(t)}`; its probability-flow ODE is
-:math:`dX/dt = \\tfrac12\\beta(t) X + \\tfrac12\\sigma(t) u(X, t)`.  With the control
-:math:`u = -\\sigma x` (the prior score times sigma) the SDE is stationary at ``N(0, I)``
+with :math:`\sigma(t) = \sqrt{\beta(t)}`; its probability-flow ODE is
+:math:`dX/dt = \tfrac12\beta(t) X + \tfrac12\sigma(t) u(X, t)`.  With the control
+:math:`u = -\sigma x` (the prior score times sigma) the SDE is stationary at ``N(0, I)``
 and the probability flow is the identity.
 """
 
@@ -42,7 +42,7 @@ class AbstractSchedule(eqx.Module):
 
 
 class LinearSchedule(AbstractSchedule):
-    """Linear VP schedule: ``beta`` falls from ``beta_max`` at the prior end to ``beta_min``.
+    """Linear VP schedule: ``beta`` falls from ``beta_max`` (prior) to ``beta_min``.
 
     Example:
         >>> schedule = LinearSchedule()

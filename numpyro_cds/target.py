@@ -1,11 +1,11 @@
 """A NumPyro model becomes a flat log density on the unconstrained space, and back.
 
-:func:`target_from_model` uses NumPyro's public :func:`~numpyro.infer.util.initialize_model`
-(whose potential includes the log-Jacobian of the constraining transforms) and
-:func:`jax.flatten_util.ravel_pytree`.  Draws go back through NumPyro's postprocessing, so
-that constrained and deterministic sites come out as :meth:`numpyro.infer.MCMC.get_samples`
-returns them.  Bad models fail here, before any training, with an error that names the
-site and the fix.
+:func:`target_from_model` uses NumPyro's public
+:func:`~numpyro.infer.util.initialize_model` (whose potential includes the log-Jacobian
+of the constraining transforms) and :func:`jax.flatten_util.ravel_pytree`.  Draws go
+back through NumPyro's postprocessing, so that constrained and deterministic sites come
+out as :meth:`numpyro.infer.MCMC.get_samples` returns them.  Bad models fail here,
+before any training, with an error that names the site and the fix.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpyro
 from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import initialize_model
-from jaxtyping import Array, Float
 
 __all__ = ["Target", "target_from_model"]
 
@@ -56,7 +56,8 @@ def _trace_at_init(model, model_args, model_kwargs, rng_key) -> dict[str, dict]:
         )
     except Exception as error:  # the user's model raised: say so, keep the cause
         raise TypeError(
-            f"Running the model with the given arguments failed ({type(error).__name__}:"
+            "Running the model with the given arguments failed "
+            f"({type(error).__name__}:"
             f" {error}). Check the arguments passed to run(): their number, types and"
             " shapes (use jnp/np arrays for data, not Python lists)."
         ) from error
@@ -139,7 +140,8 @@ def target_from_model(
     sites = _latent_sites(trace)
     if not sites:
         raise ValueError(
-            "The model has no latent sample sites: every numpyro.sample site is observed"
+            "The model has no latent sample sites: every numpyro.sample site is "
+            "observed"
             " (or there are none), so there is no posterior to sample. Add a latent "
             "site, or remove obs= from the site you want to infer."
         )
@@ -161,7 +163,9 @@ def target_from_model(
             "distributions and that numpyro.factor terms are finite (no NaN or inf)."
         ) from error
     except ImportError as error:
-        raise ValueError(f"The model needs enumeration of discrete sites: {error}") from error
+        raise ValueError(
+            f"The model needs enumeration of discrete sites: {error}"
+        ) from error
     positions = info.param_info.z
     _, unravel_fn = ravel_pytree(jax.tree.map(lambda a: a[0], positions))
     init_positions = jax.vmap(lambda z: ravel_pytree(z)[0])(positions)

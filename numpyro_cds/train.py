@@ -46,7 +46,9 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
+            raise ValueError(
+                f"learning_rate must be positive, got {self.learning_rate}."
+            )
         if not 0 < self.final_learning_rate_fraction <= 1:
             raise ValueError("final_learning_rate_fraction must lie in (0, 1].")
         if not self.max_grad_norm > 0:
@@ -142,7 +144,7 @@ def fit(
             before = int(state.iteration)
             state, info = run_chunk(rng_key, state, static, num_train_steps)
             done = int(state.iteration) - before
-            info = jax.tree.map(lambda a: np.asarray(a)[:done], info)
+            info = jax.tree.map(lambda a, n=done: np.asarray(a)[:n], info)
             infos.append(info)
             if on_chunk is not None:
                 on_chunk(state, info)

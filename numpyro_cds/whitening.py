@@ -9,7 +9,8 @@ estimates stay exact.
 starting points at once and moment-matches their mixture (weighted by their ELBOs).
 On a unimodal posterior every start finds the same Gaussian; on a multimodal one the
 starts land in different modes and the mixture spans them, so the whitening does not
-collapse onto one mode.  The fits take natural-gradient (Newton-like) steps, which are
+collapse onto one mode.  The starts are NumPyro's initial points, also scaled by 10 and
+100, so that modes far from the initial box are reached.  The fits take natural-gradient (Newton-like) steps, which are
 invariant to the scale of each coordinate, so a posterior with sd 2e4 next to one with
 sd 1e-3 is fitted as easily as a standard normal.
 """
@@ -74,11 +75,17 @@ class WhiteningConfig:
         num_steps: natural-gradient steps of each variational fit.
         learning_rate: step fraction of each natural-gradient step, in (0, 1].
         num_draws: Monte Carlo draws per step (antithetic pairs; even).
+        start_spreads: the starting points are used as given and multiplied by each of
+            these factors, so that modes far from NumPyro's initial box (``[-2, 2]`` in
+            the unconstrained space) are found too.  Starts whose fit is not finite
+            (e.g. ``exp`` overflowing) are dropped; fits with a much lower ELBO get
+            negligible weight.
     """
 
     num_steps: int = 500
     learning_rate: float = 0.1
     num_draws: int = 64
+    start_spreads: tuple[float, ...] = (1.0, 10.0, 100.0)
 
     def __post_init__(self):
         for name in ("num_steps", "num_draws"):
@@ -171,7 +178,8 @@ def fit_whitening(
     Args:
         rng_key: PRNG key.
         logdensity_fn: unnormalised log density of one flat vector.
-        init_positions: dispersed starting points, shape ``(num_starts, dim)``.
+        init_positions: dispersed starting points, shape ``(num_starts, dim)``; each
+            is also used multiplied by every factor in ``config.start_spreads``.
         config: fit settings.
 
     Returns:
@@ -189,10 +197,11 @@ def fit_whitening(
         (True, True)
     """
     config = WhiteningConfig() if config is None else config
-    keys = jax.random.split(rng_key, init_positions.shape[0])
-    fit = jax.jit(
-        jax.vmap(lambda k, x0: _fit_one(k, logdensity_fn, x0, config))
+    init_positions = jnp.concatenate(
+        [init_positions * factor for factor in config.start_spreads]
     )
+    keys = jax.random.split(rng_key, init_positions.shape[0])
+    fit = jax.jit(jax.vmap(lambda k, x0: _fit_one(k, logdensity_fn, x0, config)))
     means, log_scales, elbos = fit(keys, init_positions)
     finite = np.asarray(
         jnp.isfinite(elbos)
@@ -224,8 +233,7 @@ def whitening_from_spec(
     """
     if not isinstance(spec, (tuple, list)) or len(spec) != 2:
         raise ValueError(
-            "whitening must be 'auto', None or a pair (loc, scale); got "
-            f"{spec!r}."
+            f"whitening must be 'auto', None or a pair (loc, scale); got {spec!r}."
         )
     arrays = []
     for name, value in zip(("loc", "scale"), spec, strict=True):

@@ -1,4 +1,4 @@
-"""Test configuration: CPU only, fixed seeds, one tiny trained sampler shared per module."""
+"""Test configuration: CPU only, fixed seeds, one tiny trained sampler per module."""
 
 import os
 

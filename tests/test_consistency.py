@@ -11,7 +11,12 @@ from numpyro_cds.consistency import (
     consistency_sampler,
     self_consistency_loss,
 )
-from numpyro_cds.diffusion import sample_prior, simulate_paths, standard_normal_logdensity, target_score_fn
+from numpyro_cds.diffusion import (
+    sample_prior,
+    simulate_paths,
+    standard_normal_logdensity,
+    target_score_fn,
+)
 from numpyro_cds.networks import ControlNetwork
 from numpyro_cds.sde import LinearSchedule
 
@@ -27,13 +32,25 @@ def test_self_consistency_loss_is_zero_when_flow_is_identity():
     schedule = LinearSchedule()
     net = ControlNetwork(3, width=16, key=jax.random.key(0))
     paths = simulate_paths(
-        jax.random.key(1), net, schedule, standard_normal_logdensity,
-        batch_size=32, dim=3, num_steps=8, clip=10.0, prior_bound=3.89,
+        jax.random.key(1),
+        net,
+        schedule,
+        standard_normal_logdensity,
+        batch_size=32,
+        dim=3,
+        num_steps=8,
+        clip=10.0,
+        prior_bound=3.89,
     )
     loss = self_consistency_loss(
-        jax.random.key(2), net, net, schedule,
+        jax.random.key(2),
+        net,
+        net,
+        schedule,
         target_score_fn(standard_normal_logdensity),
-        paths.states, paths.target_scores, 10.0,
+        paths.states,
+        paths.target_scores,
+        10.0,
     )
     assert float(loss) < 1e-10
 
@@ -43,12 +60,25 @@ def test_self_consistency_loss_positive_for_nonlinear_flow():
     net = ControlNetwork(2, width=16, key=jax.random.key(0))
     logdensity = lambda x: -jnp.sum(x**4)  # noqa: E731
     paths = simulate_paths(
-        jax.random.key(1), net, schedule, logdensity,
-        batch_size=32, dim=2, num_steps=8, clip=10.0, prior_bound=3.89,
+        jax.random.key(1),
+        net,
+        schedule,
+        logdensity,
+        batch_size=32,
+        dim=2,
+        num_steps=8,
+        clip=10.0,
+        prior_bound=3.89,
     )
     loss = self_consistency_loss(
-        jax.random.key(2), net, net, schedule, target_score_fn(logdensity),
-        paths.states, paths.target_scores, 10.0,
+        jax.random.key(2),
+        net,
+        net,
+        schedule,
+        target_score_fn(logdensity),
+        paths.states,
+        paths.target_scores,
+        10.0,
     )
     assert float(loss) > 1e-4
 
@@ -67,7 +97,9 @@ def test_sampling_shapes_and_determinism():
     state, static = algo.init(jax.random.key(0))
     state, info = jax.jit(algo.step, static_argnums=2)(jax.random.key(1), state, static)
     assert int(state.iteration) == 1
-    assert bool(jnp.isfinite(info.diffusion_loss)) and bool(jnp.isfinite(info.consistency_loss))
+    assert bool(jnp.isfinite(info.diffusion_loss)) and bool(
+        jnp.isfinite(info.consistency_loss)
+    )
     for k in (1, 2, 4, 8):
         a = algo.sample(jax.random.key(3), state.ema_params, static, 7, k)
         b = algo.sample(jax.random.key(3), state.ema_params, static, 7, k)

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from numpyro_cds.diffusion import (
     log_variance_loss,
@@ -35,13 +34,22 @@ def _loss(network, logdensity, num_steps, batch=512, dim=2, seed=0):
 def test_paths_shapes_and_prior_density():
     net = ControlNetwork(3, width=8, key=jax.random.key(0))
     paths = simulate_paths(
-        jax.random.key(1), net, SCHEDULE, standard_normal_logdensity,
-        batch_size=4, dim=3, num_steps=8, clip=10.0, prior_bound=3.89,
+        jax.random.key(1),
+        net,
+        SCHEDULE,
+        standard_normal_logdensity,
+        batch_size=4,
+        dim=3,
+        num_steps=8,
+        clip=10.0,
+        prior_bound=3.89,
     )
     assert paths.states.shape == (8, 4, 3)
     assert paths.final_states.shape == (4, 3)
     np.testing.assert_allclose(
-        paths.log_prior, jax.vmap(standard_normal_logdensity)(paths.states[0]), rtol=1e-6
+        paths.log_prior,
+        jax.vmap(standard_normal_logdensity)(paths.states[0]),
+        rtol=1e-6,
     )
 
 
@@ -57,7 +65,9 @@ def test_log_variance_loss_vanishes_at_optimal_control_for_target_prior():
     shrinks like 1/N: the loss halves when N doubles and is small at N = 512.
     """
     net = ControlNetwork(2, width=8, key=jax.random.key(0))
-    losses = {n: float(_loss(net, standard_normal_logdensity, n)[0]) for n in (128, 256, 512)}
+    losses = {
+        n: float(_loss(net, standard_normal_logdensity, n)[0]) for n in (128, 256, 512)
+    }
     assert losses[512] < 0.05
     assert 1.5 < losses[128] / losses[256] < 2.7
     assert 1.5 < losses[256] / losses[512] < 2.7

@@ -7,23 +7,43 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--num-samples", "200", "--num-train-steps", "20", "--batch-size", "16",
-        "--num-sde-steps", "4", "--no-progress-bar"]
+TINY = [
+    "--num-samples",
+    "200",
+    "--num-train-steps",
+    "20",
+    "--batch-size",
+    "16",
+    "--num-sde-steps",
+    "4",
+    "--no-progress-bar",
+]
 
 
 def _run(script, *flags, cwd):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", script), *TINY, *flags],
-        capture_output=True, text=True, timeout=300, env=env, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
 def test_eight_schools_with_nuts_comparison_and_plot(tmp_path):
-    out = _run("eight_schools.py", "--compare-nuts", "--num-nuts-samples", "50",
-               "--plot", str(tmp_path / "es.png"), cwd=tmp_path)
+    out = _run(
+        "eight_schools.py",
+        "--compare-nuts",
+        "--num-nuts-samples",
+        "50",
+        "--plot",
+        str(tmp_path / "es.png"),
+        cwd=tmp_path,
+    )
     assert "theta[0]" in out and "NUTS" in out
     assert (tmp_path / "es.png").stat().st_size > 0
 

@@ -13,8 +13,26 @@ from numpyro.infer import MCMC, Predictive
 import numpyro_cds.infer
 from numpyro_cds import CDSInference
 
-TINY = dict(num_train_steps=20, batch_size=16, num_sde_steps=4, chunk_size=10,
-            progress_bar=False)
+TINY = dict(
+    num_train_steps=20,
+    batch_size=16,
+    num_sde_steps=4,
+    chunk_size=10,
+    progress_bar=False,
+)
+
+
+def _interrupting_fit(*args, on_chunk, **kwargs):
+    """``fit`` that raises KeyboardInterrupt after its first chunk, like a Ctrl-C."""
+
+    def interrupt(state, info):
+        on_chunk(state, info)
+        raise KeyboardInterrupt
+
+    return _ORIGINAL_FIT(*args, on_chunk=interrupt, **kwargs)
+
+
+_ORIGINAL_FIT = numpyro_cds.infer.fit
 
 
 def test_is_an_mcmc_with_the_attributes_arviz_reads(trained_eight_schools):
@@ -37,7 +55,11 @@ def test_samples_and_extra_fields_shapes(trained_eight_schools):
     assert extra["lp"].shape == (2, 50)
     assert not bool(jnp.any(extra["diverging"]))
     x = jax.vmap(lambda s: jax.flatten_util.ravel_pytree(s)[0])(
-        {"mu": flat["mu"], "tau": jnp.log(flat["tau"]), "theta_tilde": flat["theta_tilde"]}
+        {
+            "mu": flat["mu"],
+            "tau": jnp.log(flat["tau"]),
+            "theta_tilde": flat["theta_tilde"],
+        }
     )
     np.testing.assert_allclose(
         cds.get_extra_fields()["lp"], jax.vmap(cds.target.logdensity_fn)(x), rtol=1e-4
@@ -133,21 +155,12 @@ def test_interrupted_training_resumes_to_the_same_result(monkeypatch, capsys):
     reference = CDSInference(model, num_samples=20, **TINY)
     reference.run(jax.random.key(0))
 
-    original_fit = numpyro_cds.infer.fit
-
-    def interrupting_fit(*args, on_chunk, **kwargs):
-        def interrupt(state, info):
-            on_chunk(state, info)
-            raise KeyboardInterrupt
-
-        return original_fit(*args, on_chunk=interrupt, **kwargs)
-
     cds = CDSInference(model, num_samples=20, **TINY)
-    monkeypatch.setattr(numpyro_cds.infer, "fit", interrupting_fit)
+    monkeypatch.setattr(numpyro_cds.infer, "fit", _interrupting_fit)
     with pytest.raises(KeyboardInterrupt):
         cds.run(jax.random.key(0))
     assert "interrupted at iteration 10" in capsys.readouterr().out
-    monkeypatch.setattr(numpyro_cds.infer, "fit", original_fit)
+    monkeypatch.setattr(numpyro_cds.infer, "fit", _ORIGINAL_FIT)
     cds.run(jax.random.key(0))
     np.testing.assert_array_equal(cds.get_samples()["x"], reference.get_samples()["x"])
     assert cds.training_losses["diffusion_loss"].shape == (20,)
@@ -164,9 +177,52 @@ def test_end_to_end_recovers_moments():
     def model():
         numpyro.sample("x", dist.Normal(mean, sd))
 
-    cds = CDSInference(model, num_samples=8000, num_train_steps=600, batch_size=128,
-                       num_sde_steps=64, whitening=None, progress_bar=False)
+    cds = CDSInference(
+        model,
+        num_samples=8000,
+        num_train_steps=600,
+        batch_size=128,
+        num_sde_steps=64,
+        whitening=None,
+        progress_bar=False,
+    )
     cds.run(jax.random.key(0))
     x = np.asarray(cds.get_samples()["x"])
     np.testing.assert_allclose(x.mean(0), mean, atol=0.2)
     np.testing.assert_allclose(np.log(x.std(0) / sd), 0.0, atol=0.2)
+
+
+def test_checkpoint_resumes_in_a_new_object(monkeypatch, tmp_path):
+    def model():
+        numpyro.sample("x", dist.Normal(1.0, 2.0))
+
+    reference = CDSInference(model, num_samples=20, **TINY)
+    reference.run(jax.random.key(0))
+
+    path = tmp_path / "cds.ckpt"
+    monkeypatch.setattr(numpyro_cds.infer, "fit", _interrupting_fit)
+    with pytest.raises(KeyboardInterrupt):
+        CDSInference(model, num_samples=20, checkpoint=path, **TINY).run(
+            jax.random.key(0)
+        )
+    monkeypatch.setattr(numpyro_cds.infer, "fit", _ORIGINAL_FIT)
+    assert path.exists()
+    fresh = CDSInference(model, num_samples=20, checkpoint=path, **TINY)
+    fresh.run(jax.random.key(0))
+    np.testing.assert_array_equal(
+        fresh.get_samples()["x"], reference.get_samples()["x"]
+    )
+    assert fresh.training_losses["diffusion_loss"].shape == (20,)
+
+    def other_model():
+        numpyro.sample("x", dist.Normal(jnp.zeros(3), 1.0))
+
+    with pytest.raises(ValueError, match="1 latent dimensions, this one has 3"):
+        CDSInference(other_model, checkpoint=path, **TINY).run(jax.random.key(0))
+    wider = dict(TINY, batch_size=16)
+    from numpyro_cds import ConsistencyConfig
+
+    with pytest.raises(ValueError, match="does not match"):
+        CDSInference(
+            model, checkpoint=path, consistency=ConsistencyConfig(width=8), **wider
+        ).run(jax.random.key(0))

@@ -34,7 +34,9 @@ def test_control_clips_langevin_term_elementwise():
     net = ControlNetwork(2, key=jax.random.key(1))
     x = jnp.array([50.0, 0.5])
     u = control(net, schedule, x, 0.0, 1.0, jnp.zeros(2), 10.0)
-    np.testing.assert_allclose(u, schedule.sigma(0.0) * jnp.array([-10.0, -0.5]), rtol=1e-6)
+    np.testing.assert_allclose(
+        u, schedule.sigma(0.0) * jnp.array([-10.0, -0.5]), rtol=1e-6
+    )
 
 
 def test_batched_control_matches_single():

@@ -54,7 +54,9 @@ def test_probability_flow_is_identity_under_prior_control():
     x = jnp.array([0.3, -2.0, 1.5])
     for t, dt in [(0.0, 1.0), (0.25, 0.5), (0.9, 0.1)]:
         u = -schedule.sigma(t) * x
-        np.testing.assert_allclose(probability_flow_step(schedule, x, t, dt, u), x, atol=1e-6)
+        np.testing.assert_allclose(
+            probability_flow_step(schedule, x, t, dt, u), x, atol=1e-6
+        )
 
 
 def test_probability_flow_step_of_linear_drift():

@@ -26,7 +26,9 @@ def test_logdensity_is_log_joint_plus_jacobian():
         + dist.HalfCauchy(5.0).log_prob(tau)
         + log_tau  # log |d tau / d log tau|
         + dist.Normal(0.0, 1.0).log_prob(tt).sum()
-        + dist.Normal(mu + tau * tt, EIGHT_SCHOOLS_SIGMA).log_prob(EIGHT_SCHOOLS_Y).sum()
+        + dist.Normal(mu + tau * tt, EIGHT_SCHOOLS_SIGMA)
+        .log_prob(EIGHT_SCHOOLS_Y)
+        .sum()
     )
     np.testing.assert_allclose(target.logdensity_fn(x), expected, rtol=1e-5)
 
@@ -44,17 +46,26 @@ def test_postprocess_matches_mcmc_sites():
         assert draws[name].shape == reference[name].shape
     x = target.init_positions[0]
     one = target.postprocess_fn(x)
-    np.testing.assert_allclose(one["tau"], jnp.exp(target.unravel_fn(x)["tau"]), rtol=1e-6)
-    np.testing.assert_allclose(one["theta"], one["mu"] + one["tau"] * one["theta_tilde"], rtol=1e-5)
+    np.testing.assert_allclose(
+        one["tau"], jnp.exp(target.unravel_fn(x)["tau"]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        one["theta"], one["mu"] + one["tau"] * one["theta_tilde"], rtol=1e-5
+    )
 
 
 def test_init_positions_are_finite_and_distinct():
     target = target_from_model(
-        jax.random.key(0), eight_schools, (EIGHT_SCHOOLS_SIGMA,), {"y": EIGHT_SCHOOLS_Y},
+        jax.random.key(0),
+        eight_schools,
+        (EIGHT_SCHOOLS_SIGMA,),
+        {"y": EIGHT_SCHOOLS_Y},
         num_inits=4,
     )
     assert target.init_positions.shape == (4, 10)
-    assert bool(jnp.all(jnp.isfinite(jax.vmap(target.logdensity_fn)(target.init_positions))))
+    assert bool(
+        jnp.all(jnp.isfinite(jax.vmap(target.logdensity_fn)(target.init_positions)))
+    )
     assert len({tuple(np.asarray(p).round(6)) for p in target.init_positions}) == 4
 
 

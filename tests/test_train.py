@@ -21,20 +21,27 @@ def _setup(num_train_steps):
 def test_resumed_training_equals_uninterrupted():
     algo, state, static = _setup(30)
     key = jax.random.key(7)
-    full, info = fit(key, algo.step, state, static, 30, chunk_size=10, progress_bar=False)
+    full, info = fit(
+        key, algo.step, state, static, 30, chunk_size=10, progress_bar=False
+    )
     assert info.diffusion_loss.shape == (30,)
     part, _ = fit(key, algo.step, state, static, 10, chunk_size=10, progress_bar=False)
     assert int(part.iteration) == 10
-    resumed, rest = fit(key, algo.step, part, static, 30, chunk_size=10, progress_bar=False)
+    resumed, rest = fit(
+        key, algo.step, part, static, 30, chunk_size=10, progress_bar=False
+    )
     assert rest.diffusion_loss.shape == (20,)
-    for a, b in zip(jax.tree.leaves(full.ema_params), jax.tree.leaves(resumed.ema_params)):
+    for a, b in zip(
+        jax.tree.leaves(full.ema_params), jax.tree.leaves(resumed.ema_params)
+    ):
         np.testing.assert_array_equal(a, b)
 
 
 def test_chunk_larger_than_remaining_steps_stops_exactly():
     algo, state, static = _setup(7)
-    final, info = fit(jax.random.key(0), algo.step, state, static, 7, chunk_size=5,
-                      progress_bar=False)
+    final, info = fit(
+        jax.random.key(0), algo.step, state, static, 7, chunk_size=5, progress_bar=False
+    )
     assert int(final.iteration) == 7
     assert info.diffusion_loss.shape == (7,)
     assert np.all(np.isfinite(info.diffusion_loss))
@@ -42,8 +49,15 @@ def test_chunk_larger_than_remaining_steps_stops_exactly():
 
 def test_loss_decreases():
     algo, state, static = _setup(200)
-    _, info = fit(jax.random.key(1), algo.step, state, static, 200, chunk_size=50,
-                  progress_bar=False)
+    _, info = fit(
+        jax.random.key(1),
+        algo.step,
+        state,
+        static,
+        200,
+        chunk_size=50,
+        progress_bar=False,
+    )
     first, last = info.diffusion_loss[:20].mean(), info.diffusion_loss[-20:].mean()
     assert last < 0.5 * first
 

@@ -13,7 +13,11 @@ from numpyro_cds.whitening import AffineWhitening, fit_whitening, whitening_from
 def _gaussian(loc, scale):
     def logdensity(x):
         z = (x - loc) / scale
-        return -0.5 * jnp.sum(z**2) - jnp.sum(jnp.log(scale)) - 0.5 * x.size * jnp.log(2 * jnp.pi)
+        return (
+            -0.5 * jnp.sum(z**2)
+            - jnp.sum(jnp.log(scale))
+            - 0.5 * x.size * jnp.log(2 * jnp.pi)
+        )
 
     return logdensity
 
@@ -24,8 +28,12 @@ def test_log_det_and_exact_gaussian():
     np.testing.assert_allclose(w.log_det, jnp.log(0.5 * 2.0 * 2e4), rtol=1e-6)
     whitened = w.whitened_logdensity(_gaussian(loc, scale))
     for z in (jnp.zeros(3), jnp.array([0.3, -1.2, 2.0])):
-        np.testing.assert_allclose(whitened(z), standard_normal_logdensity(z), rtol=1e-5)
-    np.testing.assert_allclose(w.whiten(w.unwhiten(jnp.ones(3))), jnp.ones(3), rtol=1e-5)
+        np.testing.assert_allclose(
+            whitened(z), standard_normal_logdensity(z), rtol=1e-5
+        )
+    np.testing.assert_allclose(
+        w.whiten(w.unwhiten(jnp.ones(3))), jnp.ones(3), rtol=1e-5
+    )
 
 
 def test_fit_recovers_badly_scaled_gaussian():
@@ -40,9 +48,9 @@ def test_fit_does_not_collapse_onto_one_mode():
     """Two well-separated modes at +-6: a single-mode fit would have scale ~1."""
 
     def mixture(x):
-        return logsumexp(jnp.array([
-            -0.5 * jnp.sum((x - 6.0) ** 2), -0.5 * jnp.sum((x + 6.0) ** 2)
-        ]))
+        return logsumexp(
+            jnp.array([-0.5 * jnp.sum((x - 6.0) ** 2), -0.5 * jnp.sum((x + 6.0) ** 2)])
+        )
 
     starts = jnp.linspace(-2.0, 2.0, 8)[:, None]
     w = fit_whitening(jax.random.key(0), mixture, starts)

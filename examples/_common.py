@@ -1,0 +1,83 @@
+"""Shared command-line flags and runners of the example scripts."""
+
+import argparse
+import time
+
+import jax
+import numpyro
+from numpyro.infer import MCMC, NUTS
+
+from numpyro_cds import CDSInference
+
+
+def parser_with_common_flags(description, *, num_samples):
+    """An argparse parser with the flags every example takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--num-samples", type=int, default=num_samples)
+    parser.add_argument("--num-chains", type=int, default=1)
+    parser.add_argument(
+        "--num-steps",
+        type=int,
+        default=1,
+        help="probability-flow steps per draw (1, 2, 4, ...)",
+    )
+    parser.add_argument("--num-train-steps", type=int, default=8000)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--num-sde-steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument(
+        "--compare-nuts",
+        action="store_true",
+        help="run NUTS on the same model and plot both",
+    )
+    parser.add_argument(
+        "--num-nuts-samples",
+        type=int,
+        default=1000,
+        help="NUTS warm-up and draws per chain (2 chains)",
+    )
+    parser.add_argument("--no-progress-bar", action="store_true")
+    return parser
+
+
+def parse(parser):
+    """Parse the flags and select the device."""
+    args = parser.parse_args()
+    numpyro.set_platform(args.device)
+    return args
+
+
+def run_inference(model, args, rng_key, *model_args, **options):
+    """Train a CDSInference sampler with the example's flags, then draw."""
+    cds = CDSInference(
+        model,
+        num_samples=args.num_samples,
+        num_chains=args.num_chains,
+        num_steps=args.num_steps,
+        num_train_steps=args.num_train_steps,
+        batch_size=args.batch_size,
+        num_sde_steps=args.num_sde_steps,
+        progress_bar=not args.no_progress_bar,
+        **options,
+    )
+    start = time.perf_counter()
+    cds.run(rng_key, *model_args)
+    print(f"CDSInference: {time.perf_counter() - start:.1f} s in total")
+    return cds
+
+
+def run_nuts(model, args, *model_args):
+    """NUTS with defaults, 2 chains, on the same model."""
+    mcmc = MCMC(
+        NUTS(model),
+        num_warmup=args.num_nuts_samples,
+        num_samples=args.num_nuts_samples,
+        num_chains=2,
+        chain_method="sequential",
+        progress_bar=not args.no_progress_bar,
+    )
+    start = time.perf_counter()
+    mcmc.run(jax.random.key(args.seed + 1), *model_args)
+    print(f"NUTS: {time.perf_counter() - start:.1f} s in total")
+    return mcmc
