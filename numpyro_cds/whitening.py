@@ -10,9 +10,9 @@ starting points at once and moment-matches their mixture (weighted by their ELBO
 On a unimodal posterior every start finds the same Gaussian; on a multimodal one the
 starts land in different modes and the mixture spans them, so the whitening does not
 collapse onto one mode.  The starts are NumPyro's initial points, also scaled by 10 and
-100, so that modes far from the initial box are reached.  The fits take natural-gradient (Newton-like) steps, which are
-invariant to the scale of each coordinate, so a posterior with sd 2e4 next to one with
-sd 1e-3 is fitted as easily as a standard normal.
+100, so that modes far from the initial box are reached.  The fits take natural-gradient
+(Newton-like) steps, which are invariant to the scale of each coordinate, so a posterior
+with sd 2e4 next to one with sd 1e-3 is fitted as easily as a standard normal.
 """
 
 from __future__ import annotations
