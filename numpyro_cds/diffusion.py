@@ -168,6 +168,18 @@ def simulate_paths(
     )
 
 
+def _finite_or_worst(log_target: Float[Array, " batch"]) -> Float[Array, " batch"]:
+    """Replace non-finite target log densities by the worst finite one of the batch.
+
+    Dropping such paths instead would let the sampler move mass into regions where the
+    target overflows (e.g. the far neck of a funnel) at no cost.
+    """
+    finite = jnp.isfinite(log_target)
+    worst = jnp.min(jnp.where(finite, log_target, jnp.inf))
+    worst = jnp.where(jnp.any(finite), worst, 0.0)
+    return jnp.where(finite, log_target, worst)
+
+
 def log_variance_loss(
     network: ControlNetwork,
     schedule: AbstractSchedule,
@@ -181,8 +193,9 @@ def log_variance_loss(
     ``rnd = log p_0(X_0) + sum_n [u_n . (ubar_n - u_n / 2) dt + u_n . dW_n]
     - log rho(X_N)``, where ``ubar`` is the detached control that simulated the path
     and ``u`` the control being trained; its value equals the path's log
-    Radon-Nikodym derivative up to the constant drift-divergence term.  Paths with a
-    non-finite ``rnd`` or one above ``max_rnd`` are left out.
+    Radon-Nikodym derivative up to the constant drift-divergence term.  A path ending
+    where ``log rho`` is not finite is scored with the worst finite ``log rho`` of the
+    batch; paths with a non-finite ``rnd`` or one above ``max_rnd`` are left out.
 
     Returns:
         The loss and the fraction of paths kept.
@@ -208,7 +221,7 @@ def log_variance_loss(
         paths.target_scores.reshape(-1, dim),
     ).reshape(paths.states.shape)
     running = jnp.sum(u * (paths.controls - 0.5 * u) * dt + u * paths.noises, (0, 2))
-    rnd = paths.log_prior + running - paths.log_target
+    rnd = paths.log_prior + running - _finite_or_worst(paths.log_target)
     value = jax.lax.stop_gradient(rnd)
     keep = jnp.isfinite(value) & (value < max_rnd)
     count = jnp.maximum(jnp.sum(keep), 1)

@@ -85,12 +85,15 @@ def test_log_variance_loss_detects_wrong_control():
     assert float(wrong) > 0.5 and float(wrong) > 5 * float(right)
 
 
-def test_log_variance_loss_drops_non_finite_paths():
+def test_log_variance_loss_penalises_non_finite_target():
+    """Paths ending where log rho is -inf count as the batch's worst, not dropped."""
     net = ControlNetwork(2, width=8, key=jax.random.key(0))
 
     def half_infinite(x):
         return jnp.where(x[0] > 0, -jnp.inf, standard_normal_logdensity(x))
 
     loss, kept = _loss(net, half_infinite, 16)
+    baseline, _ = _loss(net, standard_normal_logdensity, 16)
     assert bool(jnp.isfinite(loss))
-    assert 0.3 < float(kept) < 0.7
+    assert float(kept) == 1.0
+    assert float(loss) > 2 * float(baseline)
