@@ -80,12 +80,15 @@ class WhiteningConfig:
             the unconstrained space) are found too.  Starts whose fit is not finite
             (e.g. ``exp`` overflowing) are dropped; fits with a much lower ELBO get
             negligible weight.
+        max_elbo_gap: fits whose ELBO is more than this many nats below the best are
+            left out of the mixture (they hold under ``exp(-gap)`` of its mass).
     """
 
     num_steps: int = 500
     learning_rate: float = 0.1
     num_draws: int = 64
     start_spreads: tuple[float, ...] = (1.0, 10.0, 100.0)
+    max_elbo_gap: float = 3.0
 
     def __post_init__(self):
         for name in ("num_steps", "num_draws"):
@@ -203,7 +206,7 @@ def fit_whitening(
     keys = jax.random.split(rng_key, init_positions.shape[0])
     fit = jax.jit(jax.vmap(lambda k, x0: _fit_one(k, logdensity_fn, x0, config)))
     means, log_scales, elbos = fit(keys, init_positions)
-    finite = np.asarray(
+    finite = np.array(
         jnp.isfinite(elbos)
         & jnp.all(jnp.isfinite(means), -1)
         & jnp.all(jnp.isfinite(log_scales), -1)
@@ -214,6 +217,12 @@ def fit_whitening(
             "whitening=(loc, scale) with a rough location and scale of the posterior "
             "in the unconstrained space, or whitening=None."
         )
+    # Keep fits within ``max_elbo_gap`` nats of the best: a fit that ended far below it
+    # (an unconverged start in a flat, low-mass region) holds little mass but can have
+    # enormous scales, which would dominate the moment match.
+    finite &= np.asarray(
+        elbos >= jnp.max(jnp.where(finite, elbos, -jnp.inf)) - config.max_elbo_gap
+    )
     means, log_scales, elbos = means[finite], log_scales[finite], elbos[finite]
     weights = jax.nn.softmax(elbos)
     loc = jnp.sum(weights[:, None] * means, 0)
