@@ -215,8 +215,11 @@ def _fmt(value, digits=3):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _command(section):
-    return f"Command: `{section['command']}`\n"
+def _section(title, section, header):
+    """Heading, command line and table header of one BENCHMARKS.md section."""
+    columns = header.count("|") - header.count("\\|") - 1
+    rule = "|" + "---|" * columns
+    return [title, "", f"Command: `{section['command']}`", "", header, rule]
 
 
 def render_markdown(results):
@@ -233,13 +236,11 @@ def render_markdown(results):
     ]
     es = results.get("eight_schools")
     if es:
-        lines += [
+        lines += _section(
             "### Eight schools (non-centered) against posteriordb reference draws",
-            "",
-            _command(es),
+            es,
             "| method | wall time (s) | max \\|mean err\\| / ref sd | max \\|log sd ratio\\| |",
-            "|---|---|---|---|",
-        ]
+        )
         for key, row in es.items():
             if key.startswith("k=") and "max_mean_error" in row:
                 lines.append(
@@ -262,13 +263,11 @@ def render_markdown(results):
         ]
     gmm = results.get("gmm40")
     if gmm:
-        lines += [
+        lines += _section(
             "### GMM-40 (2-D, 40 modes)",
-            "",
-            _command(gmm),
+            gmm,
             "| method | wall time (s) | modes with >= 0.5 % | draws within 3 sd of a mode | max \\|weight - 1/40\\| |",
-            "|---|---|---|---|---|",
-        ]
+        )
         for label in ("scale40", "auto"):
             row = gmm[label]
             for key, stats in row.items():
@@ -286,13 +285,11 @@ def render_markdown(results):
         ]
     fun = results.get("funnel")
     if fun:
-        lines += [
+        lines += _section(
             "### Funnel (10-D): quantiles of x0 (exact: -6.98, 0, 6.98)",
-            "",
-            _command(fun),
+            fun,
             "| method | wall time (s) | 1 % | 50 % | 99 % |",
-            "|---|---|---|---|---|",
-        ]
+        )
         for key, q in fun.items():
             if key.startswith("k="):
                 lines.append(
@@ -316,14 +313,12 @@ def render_markdown(results):
         ]
     speed = results.get("training_speed")
     if speed:
-        lines += [
+        lines += _section(
             "### Training speed (median over 6 compiled chunks of 50 iterations in "
             "one run; GMM-40 with whitening scale 40)",
-            "",
-            _command(speed),
+            speed,
             "| configuration | s / iteration | reference PyTorch DIS (same machine) |",
-            "|---|---|---|",
-        ]
+        )
         for key, value in speed.items():
             if key == "command":
                 continue

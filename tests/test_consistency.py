@@ -27,50 +27,22 @@ def _algorithm(logdensity=standard_normal_logdensity, dim=3):
     return consistency_sampler(logdensity, dim, CONFIG, optax.adam(1e-3))
 
 
-def test_self_consistency_loss_is_zero_when_flow_is_identity():
-    """Target = prior at initialisation: every probability-flow step is the identity."""
+def _consistency_loss_at_init(logdensity, dim):
+    """Self-consistency loss of an untrained network, teacher = student."""
     schedule = LinearSchedule()
-    net = ControlNetwork(3, width=16, key=jax.random.key(0))
-    paths = simulate_paths(
-        jax.random.key(1),
-        net,
-        schedule,
-        standard_normal_logdensity,
-        batch_size=32,
-        dim=3,
-        num_steps=8,
-        clip=10.0,
-        prior_bound=3.89,
-    )
-    loss = self_consistency_loss(
-        jax.random.key(2),
-        net,
-        net,
-        schedule,
-        target_score_fn(standard_normal_logdensity),
-        paths.states,
-        paths.target_scores,
-        10.0,
-    )
-    assert float(loss) < 1e-10
-
-
-def test_self_consistency_loss_positive_for_nonlinear_flow():
-    schedule = LinearSchedule()
-    net = ControlNetwork(2, width=16, key=jax.random.key(0))
-    logdensity = lambda x: -jnp.sum(x**4)  # noqa: E731
+    net = ControlNetwork(dim, width=16, key=jax.random.key(0))
     paths = simulate_paths(
         jax.random.key(1),
         net,
         schedule,
         logdensity,
         batch_size=32,
-        dim=2,
+        dim=dim,
         num_steps=8,
         clip=10.0,
         prior_bound=3.89,
     )
-    loss = self_consistency_loss(
+    return self_consistency_loss(
         jax.random.key(2),
         net,
         net,
@@ -80,6 +52,15 @@ def test_self_consistency_loss_positive_for_nonlinear_flow():
         paths.target_scores,
         10.0,
     )
+
+
+def test_self_consistency_loss_is_zero_when_flow_is_identity():
+    """Target = prior at initialisation: every probability-flow step is the identity."""
+    assert float(_consistency_loss_at_init(standard_normal_logdensity, 3)) < 1e-10
+
+
+def test_self_consistency_loss_positive_for_nonlinear_flow():
+    loss = _consistency_loss_at_init(lambda x: -jnp.sum(x**4), 2)
     assert float(loss) > 1e-4
 
 
