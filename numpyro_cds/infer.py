@@ -302,8 +302,7 @@ class CDSInference(MCMC):
 
         Training for the same model arguments resumes where it stopped: if it was
         interrupted (Ctrl-C), calling ``warmup`` or ``run`` again continues from the
-        last
-        completed chunk and gives the same result as an uninterrupted run.
+        last completed chunk and gives the same result as an uninterrupted run.
         """
         rng_key = _as_key(rng_key)
         same = self._setup is not None and _same_arguments(

@@ -1,0 +1,245 @@
+"""Methods under comparison, and the hook that adds one.
+
+A method is a function ``(target, budget, rng_key) -> list[MethodRun]``: it samples one
+target within a budget and returns one row per variant (SCDS returns a row per number
+of sampling steps).  :func:`register_method` adds it to :data:`METHODS`, which is all the
+runner looks at, so a later method (CDDS, the DIS teacher, MCMC rejuvenation) adds a
+row to every table by registering one function.
+
+Gradient evaluations are counted from the algorithm's definition, per draw and in
+total:
+
+* SCDS training: each iteration simulates ``B`` Euler-Maruyama paths of ``N`` steps with
+  a target score per step, and the self-consistency term adds one score at the
+  teacher's midpoint per path: ``B (N + 1)`` per iteration.  Automatic whitening adds
+  ``starts x steps x draws`` (24 x 500 x 64 by default).
+* SCDS sampling with ``k`` steps: ``k - 1`` scores per draw (the first step starts at
+  ``t = 0``, where the score has no weight) and ``k`` network evaluations.
+* NUTS: the leapfrog steps of warm-up and sampling, summed over chains.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+from numpyro.diagnostics import summary
+from numpyro.infer import MCMC, NUTS
+
+from numpyro_cds import CDSInference
+from numpyro_cds.whitening import WhiteningConfig
+
+from .targets import BenchmarkTarget
+
+__all__ = ["Budget", "BUDGETS", "MethodRun", "METHODS", "register_method", "run_nuts"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much compute each method gets.
+
+    Attributes:
+        name: ``quick``, ``cpu`` or ``gpu``.
+        synthetic: ``CDSInference`` keyword arguments for the synthetic targets.
+        posterior: ``CDSInference`` keyword arguments for posteriordb and real data.
+        nuts: ``num_warmup``, ``num_samples`` and ``num_chains`` of NUTS.
+        num_draws: draws of each SCDS variant (and of the exact sampler).
+        step_counts: SCDS sampling steps to evaluate; None for 1, 2, 4, ..., N.
+    """
+
+    name: str
+    synthetic: dict
+    posterior: dict
+    nuts: dict
+    num_draws: int
+    step_counts: tuple[int, ...] | None = None
+
+
+BUDGETS = {
+    "quick": Budget(
+        "quick",
+        synthetic=dict(num_train_steps=100, batch_size=64, num_sde_steps=16),
+        posterior=dict(num_train_steps=100, batch_size=64, num_sde_steps=16),
+        nuts=dict(num_warmup=200, num_samples=200, num_chains=1),
+        num_draws=500,
+        step_counts=(1, 16),
+    ),
+    "cpu": Budget(
+        "cpu",
+        synthetic=dict(num_train_steps=4000, batch_size=256, num_sde_steps=128),
+        posterior=dict(num_train_steps=8000, batch_size=256, num_sde_steps=64),
+        nuts=dict(num_warmup=1000, num_samples=1000, num_chains=2),
+        num_draws=6000,
+    ),
+    "gpu": Budget(
+        "gpu",
+        synthetic=dict(num_train_steps=10000, batch_size=512, num_sde_steps=128),
+        posterior=dict(num_train_steps=8000, batch_size=256, num_sde_steps=64),
+        nuts=dict(num_warmup=1000, num_samples=1000, num_chains=2),
+        num_draws=6000,
+    ),
+}
+
+
+@dataclass
+class MethodRun:
+    """Draws of one method variant on one target, with its costs.
+
+    Attributes:
+        method: row label, e.g. ``SCDS(1)`` or ``NUTS``.
+        samples: constrained draws per model site, draws on axis 0.
+        train_seconds: wall time spent before drawing (training, warm-up).
+        sample_seconds: wall time of drawing ``num_draws`` once compiled.
+        network_evaluations: network evaluations per draw (None for MCMC).
+        gradient_evaluations: target-gradient evaluations in total (training and
+            drawing).
+        info: method-specific figures (divergences, R-hat, ...).
+    """
+
+    method: str
+    samples: dict
+    train_seconds: float
+    sample_seconds: float
+    network_evaluations: int | None
+    gradient_evaluations: int
+    info: dict = field(default_factory=dict)
+
+
+METHODS: dict[str, Callable] = {}
+
+
+def register_method(name: str) -> Callable:
+    """Decorator adding a method ``(target, budget, rng_key) -> list[MethodRun]``."""
+
+    def register(fn):
+        METHODS[name] = fn
+        return fn
+
+    return register
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = jax.block_until_ready(fn())
+    return result, time.perf_counter() - start
+
+
+def _numpy(tree):
+    return {name: np.asarray(value) for name, value in tree.items()}
+
+
+def _budget_kwargs(target: BenchmarkTarget, budget: Budget) -> dict:
+    return budget.synthetic if target.exact_sampler is not None else budget.posterior
+
+
+def _whitening_gradient_evaluations(cds: CDSInference) -> int:
+    if cds.whitening_spec != "auto":
+        return 0
+    config = WhiteningConfig()
+    num_starts = cds.target.init_positions.shape[0] * len(config.start_spreads)
+    return num_starts * config.num_steps * config.num_draws
+
+
+@register_method("scds")
+def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
+    """``CDSInference`` with the budget's settings; a row per number of steps 1, 2, ..., N."""
+    train_key, sample_key = jax.random.split(rng_key)
+    options = _budget_kwargs(target, budget)
+    cds = CDSInference(
+        target.model, num_samples=budget.num_draws, progress_bar=False, **options
+    )
+    _, train_seconds = _timed(lambda: cds.warmup(train_key, *target.model_args))
+    config = cds.consistency
+    training_gradients = cds.train_config.num_train_steps * config.batch_size * (
+        config.num_sde_steps + 1
+    ) + _whitening_gradient_evaluations(cds)
+    step_counts = budget.step_counts or [
+        2**i for i in range(config.num_sde_steps.bit_length())
+    ]
+    runs = []
+    for num_steps in step_counts:
+        draw = lambda k=num_steps: cds.sample(sample_key, budget.num_draws, k)  # noqa: E731
+        draw()
+        samples, seconds = _timed(draw)
+        runs.append(
+            MethodRun(
+                method=f"SCDS({num_steps})",
+                samples=_numpy(samples),
+                train_seconds=train_seconds,
+                sample_seconds=seconds,
+                network_evaluations=num_steps,
+                gradient_evaluations=training_gradients
+                + (num_steps - 1) * budget.num_draws,
+                info={
+                    "num_train_steps": cds.train_config.num_train_steps,
+                    "batch_size": config.batch_size,
+                    "num_sde_steps": config.num_sde_steps,
+                    "final_diffusion_loss": float(
+                        np.median(cds.training_losses["diffusion_loss"][-100:])
+                    ),
+                },
+            )
+        )
+    return runs
+
+
+def run_nuts(model, model_args, rng_key, nuts: dict) -> tuple[MCMC, dict]:
+    """NumPyro NUTS with default settings; returns the MCMC object and its costs.
+
+    Args:
+        model: NumPyro model.
+        model_args: its positional arguments.
+        rng_key: PRNG key.
+        nuts: ``num_warmup``, ``num_samples``, ``num_chains``.
+
+    Returns:
+        ``(mcmc, info)`` with seconds (warm-up, sampling), divergences, gradient
+        evaluations, the largest R-hat and the smallest bulk ESS over the parameters.
+    """
+    mcmc = MCMC(NUTS(model), chain_method="sequential", progress_bar=False, **nuts)
+    warmup_key, sample_key = jax.random.split(rng_key)
+    _, warmup_seconds = _timed(
+        lambda: mcmc.warmup(
+            warmup_key, *model_args, extra_fields=("num_steps",), collect_warmup=True
+        )
+    )
+    warmup_steps = int(np.sum(mcmc.get_extra_fields()["num_steps"]))
+    _, sample_seconds = _timed(
+        lambda: mcmc.run(
+            sample_key, *model_args, extra_fields=("num_steps", "diverging")
+        )
+    )
+    extra = mcmc.get_extra_fields()
+    stats = summary(mcmc.get_samples(group_by_chain=True))
+    r_hat = [np.max(s["r_hat"]) for s in stats.values()]
+    ess = [np.min(s["n_eff"]) for s in stats.values()]
+    return mcmc, {
+        "warmup_seconds": warmup_seconds,
+        "sample_seconds": sample_seconds,
+        "divergences": int(np.sum(extra["diverging"])),
+        "gradient_evaluations": warmup_steps + int(np.sum(extra["num_steps"])),
+        "max_r_hat": float(np.nanmax(r_hat)),
+        "min_ess": float(np.nanmin(ess)),
+    }
+
+
+@register_method("nuts")
+def run_nuts_method(
+    target: BenchmarkTarget, budget: Budget, rng_key
+) -> list[MethodRun]:
+    """NumPyro NUTS (defaults) with the budget's warm-up, draws and chains."""
+    mcmc, info = run_nuts(target.model, target.model_args, rng_key, budget.nuts)
+    return [
+        MethodRun(
+            method="NUTS",
+            samples=_numpy(mcmc.get_samples()),
+            train_seconds=info.pop("warmup_seconds"),
+            sample_seconds=info.pop("sample_seconds"),
+            network_evaluations=None,
+            gradient_evaluations=info.pop("gradient_evaluations"),
+            info=info,
+        )
+    ]

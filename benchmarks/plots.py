@@ -1,0 +1,92 @@
+"""PNG plots of benchmark runs: draws against ground truth, quality against steps."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from numpyro_cds.diagnostics import flatten_samples  # noqa: E402
+
+__all__ = ["plot_target", "plot_steps"]
+
+
+def plot_target(target, runs, exact, reference, plots_dir) -> str:
+    """2-D scatter of the first two coordinates: ground truth, SCDS(1), SCDS(N), NUTS.
+
+    Returns:
+        The path of the PNG written.
+    """
+    os.makedirs(plots_dir, exist_ok=True)
+    by_method = {run.method: run for run in runs}
+    scds = sorted(
+        (m for m in by_method if m.startswith("SCDS(")), key=lambda m: int(m[5:-1])
+    )
+    shown = [m for m in (scds[:1] + scds[-1:] + ["NUTS"]) if m in by_method]
+    if exact is not None:
+        truth, label = exact[:, :2], "exact"
+        names = ["x[1]", "x[2]"]
+    else:
+        names = list(reference)[:2]
+        truth, label = np.stack([reference[n] for n in names], 1), "reference"
+    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(3.2 * (len(shown) + 1), 3.2))
+    panels = [(label, truth)]
+    for method in shown:
+        flat = flatten_samples(by_method[method].samples)
+        panels.append((method, np.stack([flat[n] for n in names], 1)))
+    low = np.percentile(truth, 0.5, axis=0)
+    high = np.percentile(truth, 99.5, axis=0)
+    pad = 0.1 * (high - low)
+    for ax, (title, points) in zip(axes, panels, strict=True):
+        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.3)
+        ax.set_title(title)
+        ax.set_xlim(low[0] - pad[0], high[0] + pad[0])
+        ax.set_ylim(low[1] - pad[1], high[1] + pad[1])
+        ax.set_xlabel(names[0])
+    axes[0].set_ylabel(names[1])
+    fig.suptitle(target.name)
+    fig.tight_layout()
+    path = os.path.join(plots_dir, f"{target.name}.png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_steps(results: dict, plots_dir: str) -> str | None:
+    """Sinkhorn (synthetic) or worst mean error (posteriors) of SCDS against steps.
+
+    Returns:
+        The path of the PNG written, or None without SCDS rows.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    plotted = False
+    for name, target in results["targets"].items():
+        rows = [r for r in target["rows"] if r["method"].startswith("SCDS(")]
+        if not rows:
+            continue
+        steps = [int(r["method"][5:-1]) for r in rows]
+        if "sinkhorn" in rows[0]["metrics"]:
+            ax, values = axes[0], [r["metrics"]["sinkhorn"] for r in rows]
+        else:
+            ax, values = axes[1], [r["metrics"].get("max_mean_error") for r in rows]
+        ax.plot(steps, values, marker="o", label=name)
+        plotted = True
+    if not plotted:
+        plt.close(fig)
+        return None
+    for ax, ylabel in zip(axes, ["Sinkhorn", "max |mean error| / ref sd"], strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel(ylabel)
+        if ax.has_data():
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = os.path.join(plots_dir, "steps.png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,259 @@
+"""Markdown tables of benchmark results, and the generated ``BENCHMARKS.md``."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import time
+
+import jax
+
+__all__ = ["machine_info", "render_results", "write_benchmarks"]
+
+_SUITE_ORDER = ("paper", "extended", "posteriors", "all")
+_BUDGET_ORDER = ("cpu", "gpu")
+
+
+def machine_info() -> dict:
+    """Processor, cores, JAX version and backend, device and date of this run."""
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 10 ** (-digits)):
+            return f"{value:.2e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _by_method(target: dict) -> dict:
+    return {row["method"]: row for row in target["rows"]}
+
+
+def _largest_scds(rows: dict) -> str | None:
+    scds = [m for m in rows if m.startswith("SCDS(")]
+    return max(scds, key=lambda m: int(m[5:-1])) if scds else None
+
+
+def _floor(by_method: dict, method: str) -> str | None:
+    """The exact-draw floor row at the sample size of ``method``'s row."""
+    row = by_method.get(method)
+    if row is None:
+        return None
+    return f"exact draws (n={row['metrics']['num_draws']})"
+
+
+def _sinkhorn_summary(targets: dict) -> list[str]:
+    header = [
+        "target",
+        "D",
+        "exact-draw floor",
+        "SCDS(1)",
+        "SCDS(N)",
+        "NUTS (its floor)",
+        "paper DIS(128)",
+        "paper SCDS(1)",
+        "paper CDDS(1)",
+    ]
+    rows = []
+    for name, target in targets.items():
+        by_method = _by_method(target)
+        largest = _largest_scds(by_method)
+
+        def sinkhorn(method, by_method=by_method):
+            row = by_method.get(method)
+            if row is None:
+                return None
+            return _fmt(row["metrics"]["sinkhorn"])
+
+        paper = target["paper"]
+        rows.append(
+            [
+                name,
+                target["dim"],
+                sinkhorn(_floor(by_method, "SCDS(1)")),
+                sinkhorn("SCDS(1)"),
+                f"{sinkhorn(largest)} (N={largest[5:-1]})" if largest else None,
+                f"{sinkhorn('NUTS')} ({sinkhorn(_floor(by_method, 'NUTS'))})",
+                *(
+                    paper[m][0] if m in paper else None
+                    for m in ("DIS(128)", "SCDS(1)", "CDDS(1)")
+                ),
+            ]
+        )
+    return _table(header, rows)
+
+
+def _cost_columns(row: dict) -> list:
+    return [
+        row["train_seconds"],
+        row["sample_seconds"],
+        row["network_evaluations"],
+        row["gradient_evaluations"],
+    ]
+
+
+def _synthetic_details(name: str, target: dict) -> list[str]:
+    keys = ["num_draws", "sinkhorn", "sinkhorn_converged"]
+    keys += ["sinkhorn_divergence", "mmd2", "emc", "modes_hit"]
+    labels = ["n", "Sinkhorn", "converged", "Sinkhorn div.", "MMD^2", "EMC"]
+    labels += ["modes hit"]
+    present = [k for k in keys if any(k in r["metrics"] for r in target["rows"])]
+    header = ["method"] + [labels[keys.index(k)] for k in present]
+    header += ["train s", "sample s", "network evals / draw", "gradient evals"]
+    rows = [
+        [row["method"]] + [row["metrics"].get(k) for k in present] + _cost_columns(row)
+        for row in target["rows"]
+    ]
+    title = f"#### {name} ({target['dim']}-D): {target['description']}"
+    return [title, ""] + _table(header, rows)
+
+
+def _reference_table(targets: dict) -> list[str]:
+    header = [
+        "posterior",
+        "D",
+        "reference",
+        "SCDS(1) mean err / log sd",
+        "SCDS(N) mean err / log sd",
+        "NUTS mean err / log sd",
+        "SCDS train + sample s",
+        "NUTS s",
+        "SCDS gradient evals",
+        "NUTS gradient evals",
+        "NUTS divergences / max R-hat",
+    ]
+    rows = []
+    for name, target in targets.items():
+        by_method = _by_method(target)
+        largest = _largest_scds(by_method)
+
+        def errors(method, by_method=by_method):
+            row = by_method.get(method)
+            if row is None or "max_mean_error" not in row["metrics"]:
+                return None
+            m = row["metrics"]
+            return f"{_fmt(m['max_mean_error'])} / {_fmt(m['max_log_sd_ratio'])}"
+
+        scds, nuts = by_method.get("SCDS(1)"), by_method.get("NUTS")
+        rows.append(
+            [
+                name,
+                target["dim"],
+                target["reference"],
+                errors("SCDS(1)"),
+                f"{errors(largest)} (N={largest[5:-1]})" if largest else None,
+                errors("NUTS") if target["reference"] != "NUTS" else "(reference)",
+                f"{scds['train_seconds']:.1f} + {scds['sample_seconds']:.3f}"
+                if scds
+                else None,
+                f"{nuts['train_seconds'] + nuts['sample_seconds']:.1f}"
+                if nuts
+                else None,
+                scds["gradient_evaluations"] if scds else None,
+                nuts["gradient_evaluations"] if nuts else None,
+                f"{nuts['info']['divergences']} / {nuts['info']['max_r_hat']:.3f}"
+                if nuts
+                else None,
+            ]
+        )
+    return _table(header, rows)
+
+
+def render_results(results: dict) -> str:
+    """The markdown section of one results file."""
+    machine = results["machine"]
+    settings = results["budget_settings"]
+    lines = [
+        f"## Suite `{results['suite']}`, budget `{results['budget']}`",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"Machine: {machine['processor']}, {machine['cores']} cores, "
+        f"{machine['device']}, JAX {machine['jax']} on {machine['backend']}; "
+        f"{machine['date']}. Seed {results['seed']}; "
+        f"{_fmt(results.get('seconds', 0.0), 0)} s in all.",
+        "",
+        f"Budget: SCDS on synthetic targets `{json.dumps(settings['synthetic'])}`, "
+        f"on posteriors `{json.dumps(settings['posterior'])}` (other settings: "
+        f"CDSInference defaults); NUTS `{json.dumps(settings['nuts'])}`; "
+        f"{settings['num_draws']} SCDS and exact draws for the Sinkhorn cost "
+        "(NUTS: its own draws, against exact draws of the same number, which is "
+        "why each sample size has its exact-draw floor); the first 2000 of each for "
+        "the Sinkhorn divergence, MMD and mode figures.",
+        "",
+    ]
+    targets = results["targets"]
+    synthetic = {n: t for n, t in targets.items() if t["reference"] == "exact draws"}
+    others = {n: t for n, t in targets.items() if n not in synthetic}
+    if synthetic:
+        lines += [
+            "### Sinkhorn (entropic transport cost, Euclidean cost, eps = 1e-3; lower "
+            "is better) beside the paper's Table 1",
+            "",
+        ]
+        lines += _sinkhorn_summary(synthetic)
+        for name, target in synthetic.items():
+            lines += _synthetic_details(name, target)
+    if others:
+        lines += [
+            "### Worst standardised mean error and worst |log sd ratio| over the "
+            "parameters",
+            "",
+        ]
+        lines += _reference_table(others)
+    return "\n".join(lines)
+
+
+def write_benchmarks(results_dir: str, path: str) -> None:
+    """Regenerate ``BENCHMARKS.md`` from every non-quick results file.
+
+    Args:
+        results_dir: folder holding ``<suite>-<budget>/results.json`` and
+            ``core/core.json``.
+        path: the markdown file to write.
+    """
+    from .core import render_markdown as render_core
+
+    found = []
+    for file in glob.glob(os.path.join(results_dir, "*", "results.json")):
+        with open(file) as f:
+            results = json.load(f)
+        if results["budget"] in _BUDGET_ORDER:
+            found.append(results)
+    found.sort(
+        key=lambda r: (_BUDGET_ORDER.index(r["budget"]), _SUITE_ORDER.index(r["suite"]))
+    )
+    sections = [render_results(r) for r in found]
+    core = os.path.join(results_dir, "core", "core.json")
+    if os.path.exists(core):
+        with open(core) as f:
+            sections.append(render_core(json.load(f)))
+    header = (
+        "# Benchmarks\n\nGenerated by `python -m benchmarks.run --write-benchmarks` "
+        "(or `python -m benchmarks.core --write-benchmarks`) from the results files "
+        "under `results/`; each section shows the command that produced its figures. "
+        "Do not edit by hand.\n\n"
+    )
+    with open(path, "w") as f:
+        f.write(header + "\n\n".join(sections) + "\n")
