@@ -55,6 +55,12 @@ def _largest_scds(rows: dict) -> str | None:
     return max(scds, key=lambda m: int(m[5:-1])) if scds else None
 
 
+def _cell(by_method: dict, method: str | None, render) -> str | None:
+    """``render(metrics)`` of ``method``'s row, or None if it has no such row."""
+    row = by_method.get(method)
+    return None if row is None else render(row["metrics"])
+
+
 def _floor(by_method: dict, method: str) -> str | None:
     """The exact-draw floor row at the sample size of ``method``'s row."""
     row = by_method.get(method)
@@ -81,10 +87,7 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
         largest = _largest_scds(by_method)
 
         def sinkhorn(method, by_method=by_method):
-            row = by_method.get(method)
-            if row is None:
-                return None
-            return _fmt(row["metrics"]["sinkhorn"])
+            return _cell(by_method, method, lambda values: _fmt(values["sinkhorn"]))
 
         paper = target["paper"]
         rows.append(
@@ -106,8 +109,8 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
 
 def _cost_columns(row: dict) -> list:
     return [
-        row["train_seconds"],
-        row["sample_seconds"],
+        f"{row['train_seconds']:.1f}",
+        f"{row['sample_seconds']:.3g}",
         row["network_evaluations"],
         row["gradient_evaluations"],
     ]
@@ -137,6 +140,7 @@ def _reference_table(targets: dict) -> list[str]:
         "SCDS(1) mean err / log sd",
         "SCDS(N) mean err / log sd",
         "NUTS mean err / log sd",
+        "SCDS iterations x batch",
         "SCDS train + sample s",
         "NUTS s",
         "SCDS gradient evals",
@@ -149,11 +153,13 @@ def _reference_table(targets: dict) -> list[str]:
         largest = _largest_scds(by_method)
 
         def errors(method, by_method=by_method):
-            row = by_method.get(method)
-            if row is None or "max_mean_error" not in row["metrics"]:
-                return None
-            m = row["metrics"]
-            return f"{_fmt(m['max_mean_error'])} / {_fmt(m['max_log_sd_ratio'])}"
+            return _cell(
+                by_method,
+                method,
+                lambda m: (
+                    f"{_fmt(m['max_mean_error'])} / {_fmt(m['max_log_sd_ratio'])}"
+                ),
+            )
 
         scds, nuts = by_method.get("SCDS(1)"), by_method.get("NUTS")
         rows.append(
@@ -164,6 +170,9 @@ def _reference_table(targets: dict) -> list[str]:
                 errors("SCDS(1)"),
                 f"{errors(largest)} (N={largest[5:-1]})" if largest else None,
                 errors("NUTS") if target["reference"] != "NUTS" else "(reference)",
+                f"{scds['info']['num_train_steps']} x {scds['info']['batch_size']}"
+                if scds
+                else None,
                 f"{scds['train_seconds']:.1f} + {scds['sample_seconds']:.3f}"
                 if scds
                 else None,
@@ -196,7 +205,9 @@ def render_results(results: dict) -> str:
         "",
         f"Budget: SCDS on synthetic targets `{json.dumps(settings['synthetic'])}`, "
         f"on posteriors `{json.dumps(settings['posterior'])}` (other settings: "
-        f"CDSInference defaults); NUTS `{json.dumps(settings['nuts'])}`; "
+        f"CDSInference defaults; per-target changes: "
+        f"`{json.dumps(settings.get('overrides', {}))}`); NUTS "
+        f"`{json.dumps(settings['nuts'])}`; "
         f"{settings['num_draws']} SCDS and exact draws for the Sinkhorn cost "
         "(NUTS: its own draws, against exact draws of the same number, which is "
         "why each sample size has its exact-draw floor); the first 2000 of each for "

@@ -202,6 +202,7 @@ def run_suite(
             "posterior": budget.posterior,
             "nuts": budget.nuts,
             "num_draws": budget.num_draws,
+            "overrides": budget.overrides,
         },
         "command": command,
         "machine": machine_info(),

@@ -72,4 +72,5 @@ def _skip_namedtuple_fields(app, what, name, obj, skip, options):
 
 
 def setup(app):
+    """Sphinx hook: hide the generated docs of NamedTuple fields."""
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)

@@ -10,7 +10,10 @@ import pytest  # noqa: E402
 
 from numpyro_cds import CDSInference  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The examples (their models) and the benchmarks package are imported by tests.
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+sys.path.insert(0, ROOT)
 from eight_schools import SIGMA as EIGHT_SCHOOLS_SIGMA  # noqa: E402
 from eight_schools import Y as EIGHT_SCHOOLS_Y  # noqa: E402
 from eight_schools import model as eight_schools  # noqa: E402

@@ -1,8 +1,5 @@
 """posteriordb translations: Stan site names and a finite log density, on toy data."""
 
-import os
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -10,8 +7,7 @@ from numpyro import handlers
 from numpyro.infer import init_to_uniform
 from numpyro.infer.util import initialize_model, log_density
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.posteriordb import (  # noqa: E402
+from benchmarks.posteriordb import (
     MODELS,
     POSTERIOR_NAMES,
     load_posterior,

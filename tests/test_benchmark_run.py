@@ -1,0 +1,107 @@
+"""The benchmark runner: the quick paper suite end to end, and the method hook."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+
+from benchmarks.methods import METHODS, Budget, MethodRun, register_method
+from benchmarks.report import render_results, write_benchmarks
+from benchmarks.run import run_suite
+from benchmarks.targets import make_target
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def quick_paper_run(tmp_path_factory):
+    """``python -m benchmarks.run --suite paper --budget quick``, as a user runs it."""
+    out = tmp_path_factory.mktemp("quick")
+    start = time.perf_counter()
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--suite",
+            "paper",
+            "--budget",
+            "quick",
+        ]
+        + ["--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    seconds = time.perf_counter() - start
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return out, seconds
+
+
+def test_quick_paper_suite_runs_within_its_budget(quick_paper_run):
+    out, seconds = quick_paper_run
+    # The budget is 3 minutes on 2 cores; allow a loaded CI machine some slack.
+    assert seconds < 240
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    assert list(results["targets"]) == ["gmm_grid", "mw54", "funnel", "mw52"]
+    for target in results["targets"].values():
+        methods = [row["method"] for row in target["rows"]]
+        assert {"SCDS(1)", "SCDS(16)", "NUTS"} <= set(methods)
+        for row in target["rows"]:
+            assert row["metrics"]["sinkhorn"] >= 0.0
+            assert row["gradient_evaluations"] >= 0
+    gmm = {row["method"]: row for row in results["targets"]["gmm_grid"]["rows"]}
+    assert gmm["SCDS(1)"]["network_evaluations"] == 1
+    assert 0 <= gmm["SCDS(1)"]["metrics"]["modes_hit"] <= 9
+    for name in ("gmm_grid", "mw54", "funnel", "mw52", "steps"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 0
+    markdown = (out / "results.md").read_text()
+    assert "paper DIS(128)" in markdown and "| mw52 | 50 |" in markdown
+
+
+def test_benchmarks_md_is_rendered_from_cpu_and_gpu_results_only(
+    quick_paper_run, tmp_path
+):
+    out, _ = quick_paper_run
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    for budget in ("quick", "cpu"):
+        folder = tmp_path / "results" / f"paper-{budget}"
+        folder.mkdir(parents=True)
+        with open(folder / "results.json", "w") as f:
+            json.dump({**results, "budget": budget}, f)
+    write_benchmarks(str(tmp_path / "results"), str(tmp_path / "BENCHMARKS.md"))
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert text.count("## Suite `paper`") == 1
+    assert "budget `cpu`" in text and "budget `quick`" not in text
+
+
+def test_a_registered_method_adds_a_row(tmp_path):
+    """The hook later methods use: one function, and every table has its row."""
+
+    @register_method("exact_sampler")
+    def exact(target, budget, rng_key):
+        draws = target.exact_sampler(rng_key, budget.num_draws)
+        return [MethodRun("exact sampler", {"x": draws}, 0.0, 0.0, None, 0)]
+
+    try:
+        budget = Budget("quick", {}, {}, {}, num_draws=300)
+        target = make_target("gmm_grid")
+        results = run_suite(
+            "paper", budget, [target], ["exact_sampler"], str(tmp_path), plots=False
+        )
+    finally:
+        del METHODS["exact_sampler"]
+    rows = {r["method"]: r for r in results["targets"]["gmm_grid"]["rows"]}
+    assert set(rows) == {"exact draws (n=300)", "exact sampler"}
+    # Exact draws against exact draws: at the floor, and all nine modes found.
+    assert rows["exact sampler"]["metrics"]["modes_hit"] == 9
+    assert rows["exact sampler"]["metrics"]["sinkhorn"] < 0.5
+    assert "exact sampler" in render_results(results)
+    assert jax.numpy.isfinite(rows["exact sampler"]["metrics"]["mmd2"])
