@@ -62,29 +62,31 @@ def plot_steps(results: dict, plots_dir: str) -> str | None:
     Returns:
         The path of the PNG written, or None without SCDS rows.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    plotted = False
+    curves = {"Sinkhorn": [], "max |mean error| / ref sd": []}
     for name, target in results["targets"].items():
         rows = [r for r in target["rows"] if r["method"].startswith("SCDS(")]
         if not rows:
             continue
         steps = [int(r["method"][5:-1]) for r in rows]
         if "sinkhorn" in rows[0]["metrics"]:
-            ax, values = axes[0], [r["metrics"]["sinkhorn"] for r in rows]
-        else:
-            ax, values = axes[1], [r["metrics"].get("max_mean_error") for r in rows]
-        ax.plot(steps, values, marker="o", label=name)
-        plotted = True
-    if not plotted:
-        plt.close(fig)
+            values = [r["metrics"]["sinkhorn"] for r in rows]
+            curves["Sinkhorn"].append((name, steps, values))
+        elif "max_mean_error" in rows[0]["metrics"]:
+            values = [r["metrics"]["max_mean_error"] for r in rows]
+            curves["max |mean error| / ref sd"].append((name, steps, values))
+    curves = {label: lines for label, lines in curves.items() if lines}
+    if not curves:
         return None
-    for ax, ylabel in zip(axes, ["Sinkhorn", "max |mean error| / ref sd"], strict=True):
+    os.makedirs(plots_dir, exist_ok=True)
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5))
+    for ax, (ylabel, lines) in zip(np.atleast_1d(axes), curves.items(), strict=True):
+        for name, steps, values in lines:
+            ax.plot(steps, values, marker="o", label=name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sampling steps")
         ax.set_ylabel(ylabel)
-        if ax.has_data():
-            ax.legend(fontsize=6)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     path = os.path.join(plots_dir, "steps.png")
     fig.savefig(path, dpi=80)

@@ -145,7 +145,7 @@ def _reference_table(targets: dict) -> list[str]:
         "NUTS s",
         "SCDS gradient evals",
         "NUTS gradient evals",
-        "NUTS divergences / max R-hat",
+        "NUTS divergences / max R-hat / min ESS",
     ]
     rows = []
     for name, target in targets.items():
@@ -181,7 +181,8 @@ def _reference_table(targets: dict) -> list[str]:
                 else None,
                 scds["gradient_evaluations"] if scds else None,
                 nuts["gradient_evaluations"] if nuts else None,
-                f"{nuts['info']['divergences']} / {nuts['info']['max_r_hat']:.3f}"
+                f"{nuts['info']['divergences']} / {nuts['info']['max_r_hat']:.3f} / "
+                f"{nuts['info']['min_ess']:.0f}"
                 if nuts
                 else None,
             ]
