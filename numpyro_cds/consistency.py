@@ -28,13 +28,13 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .diffusion import (
-    batched_control,
     control,
     log_variance_loss,
     sample_prior,
     simulate_paths,
     target_score_fn,
 )
+from .flow import run_flow
 from .networks import ControlNetwork
 from .sde import AbstractSchedule, LinearSchedule, probability_flow_step
 
@@ -196,8 +196,10 @@ def consistency_sampler(
 
     Returns:
         ``init(rng_key) -> (state, static)``; ``step(rng_key, state, static) ->
-        (state, info)``; ``sample(rng_key, params, static, num_samples, num_steps)``
-        returning an array of shape ``(num_samples, dim)``.
+        (state, info)``; ``sample(rng_key, params, static, num_samples, num_steps,
+        log_density=False)`` returning an array of shape ``(num_samples, dim)``, or
+        with ``log_density=True`` a :class:`~numpyro_cds.flow.FlowDraws` that also
+        holds each draw's log density under the k-step flow (exact log-dets).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -211,7 +213,6 @@ def consistency_sampler(
     """
     schedule = LinearSchedule() if schedule is None else schedule
     score_fn = target_score_fn(logdensity_fn)
-    batched_score_fn = jax.vmap(score_fn)
 
     def init(rng_key):
         network = ControlNetwork(
@@ -287,24 +288,16 @@ def consistency_sampler(
         new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
         return new_state, SCDSInfo(diffusion_loss, consistency_loss, kept)
 
-    def sample(rng_key, params, static, num_samples, num_steps):
+    def sample(rng_key, params, static, num_samples, num_steps, log_density=False):
         if not _is_power_of_two(num_steps):
             raise ValueError(
                 f"num_steps must be a power of two (1, 2, 4, ...), got {num_steps!r}."
             )
         network = eqx.combine(params, static)
         clip = config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max))
-        x = sample_prior(rng_key, (num_samples, dim), config.prior_bound)
-        dt = 1.0 / num_steps
-        # At t = 0 the target score has weight zero in the control: skip evaluating it.
-        u = batched_control(network, schedule, x, 0.0, dt, jnp.zeros_like(x), clip)
-        x = probability_flow_step(schedule, x, 0.0, dt, u)
-
-        def one_step(x, t):
-            u = batched_control(network, schedule, x, t, dt, batched_score_fn(x), clip)
-            return probability_flow_step(schedule, x, t, dt, u), None
-
-        x, _ = jax.lax.scan(one_step, x, jnp.arange(1, num_steps) * dt)
-        return x
+        x0 = sample_prior(rng_key, (num_samples, dim), config.prior_bound)
+        bound = config.prior_bound if log_density else None
+        draws = run_flow(network, schedule, score_fn, x0, num_steps, clip, bound)
+        return draws if log_density else draws.x
 
     return SamplerAlgorithm(init=init, step=step, sample=sample)
