@@ -69,7 +69,7 @@ def test_untrained_sampler_for_target_prior_returns_prior_draws(num_steps):
     algo = _algorithm()
     state, static = algo.init(jax.random.key(0))
     xs = algo.sample(jax.random.key(5), state.params, static, 100, num_steps)
-    expected = sample_prior(jax.random.key(5), (100, 3), CONFIG.prior_bound)
+    expected = sample_prior(jax.random.key(5), (100, 3), CONFIG.sampling_prior_bound)
     np.testing.assert_allclose(xs, expected, atol=1e-5)
 
 
