@@ -11,6 +11,7 @@ import dataclasses
 import os
 import pickle
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,6 +22,13 @@ from numpyro.diagnostics import print_summary as _numpyro_print_summary
 from numpyro.infer import MCMC
 
 from .consistency import ConsistencyConfig, consistency_sampler
+from .flow import folded_steps
+from .importance import (
+    KHAT_THRESHOLD,
+    ImportanceSummary,
+    psis_resample,
+    summarize_weights,
+)
 from .target import Target, target_from_model
 from .train import TrainConfig, default_optimizer, fit
 from .whitening import (
@@ -30,7 +38,17 @@ from .whitening import (
     whitening_from_spec,
 )
 
-__all__ = ["CDSInference"]
+__all__ = ["CDSInference", "UnreliableDrawsWarning", "EXACT_LOG_DET_MAX_DIM"]
+
+#: Largest dimension for which draws carry exact importance weights (``jacfwd`` +
+#: ``slogdet``: ``dim`` forward passes per step and draw).
+EXACT_LOG_DET_MAX_DIM = 200
+
+_CORRECTIONS = (None, "resample")
+
+
+class UnreliableDrawsWarning(UserWarning):
+    """The importance weights say the draws and the log Z estimate are unreliable."""
 
 
 class _Sampler(NamedTuple):
@@ -112,6 +130,16 @@ class CDSInference(MCMC):
             with the same model and settings resumes from it instead of starting over.
             With the same ``rng_key`` the result equals an uninterrupted run.
         progress_bar: show a tqdm progress bar with the loss during training.
+        correction: ``None`` (the sampler's draws as they are) or ``"resample"``
+            (PSIS-weighted importance resampling of the draws to equally weighted
+            draws; needs importance weights, i.e. dimension at most
+            ``EXACT_LOG_DET_MAX_DIM``).
+
+    Every draw carries the importance log weight ``log rho(x) - log q(x)`` of the
+    k-step flow (exact log-determinants) as the extra field ``log_weight``; from them
+    come :meth:`log_evidence`, the ESS and the Pareto k-hat shown by
+    :meth:`print_summary`.  A k-hat above 0.7 raises an
+    :class:`UnreliableDrawsWarning`.
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist
@@ -140,6 +168,7 @@ class CDSInference(MCMC):
         chunk_size: int = 50,
         checkpoint: str | os.PathLike | None = None,
         progress_bar: bool = True,
+        correction: str | None = None,
     ):
         if not callable(model):
             raise TypeError(f"model must be a callable NumPyro model, got {model!r}.")
@@ -170,6 +199,12 @@ class CDSInference(MCMC):
                 f"{whitening!r}."
             )
         self.whitening_spec = whitening
+        if correction not in _CORRECTIONS:
+            raise ValueError(
+                f"correction must be one of {_CORRECTIONS}; got {correction!r}."
+            )
+        self.correction = correction
+        self.weights_summary: ImportanceSummary | None = None
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self._args: tuple = ()
         self._kwargs: dict = {}
@@ -344,20 +379,38 @@ class CDSInference(MCMC):
             self.timings["training"] += time.perf_counter() - start
 
     # ----------------------------------------------------------------- sampling
-    def _draw_flat(self, rng_key, num_samples: int, num_steps: int):
-        """Draw unconstrained flat samples and their log densities."""
-        fn = self._sample_fns.get((num_samples, num_steps))
+    @property
+    def has_weights(self) -> bool:
+        """Whether draws carry exact importance weights (dimension small enough)."""
+        return self.target.dim <= EXACT_LOG_DET_MAX_DIM
+
+    def _draw_flat(self, rng_key, num_samples: int, num_steps: int, weights: bool):
+        """Unconstrained flat draws, their log densities and (optionally) log weights.
+
+        Returns:
+            ``(xs, lp, log_weight, step_signs)``; the last two are None without
+            weights.
+        """
+        fn = self._sample_fns.get((num_samples, num_steps, weights))
         if fn is None:
             setup = self._setup
             algorithm, static = setup["algorithm"], setup["static"]
             whitening, target = setup["whitening"], setup["target"]
 
             def draw(key, params):
-                z = algorithm.sample(key, params, static, num_samples, num_steps)
-                x = whitening.unwhiten(z)
-                return x, jax.vmap(target.logdensity_fn)(x)
+                if not weights:
+                    z = algorithm.sample(key, params, static, num_samples, num_steps)
+                    x = whitening.unwhiten(z)
+                    return x, jax.vmap(target.logdensity_fn)(x), None, None
+                flow = algorithm.sample(
+                    key, params, static, num_samples, num_steps, log_density=True
+                )
+                x = whitening.unwhiten(flow.x)
+                lp = jax.vmap(target.logdensity_fn)(x)
+                log_q = flow.log_density - whitening.log_det
+                return x, lp, lp - log_q, flow.step_signs
 
-            fn = self._sample_fns[(num_samples, num_steps)] = jax.jit(draw)
+            fn = self._sample_fns[(num_samples, num_steps, weights)] = jax.jit(draw)
         return fn(rng_key, self._state.ema_params)
 
     def _constrain(self, xs):
@@ -380,7 +433,7 @@ class CDSInference(MCMC):
         num_steps = (
             self.num_steps if num_steps is None else self._check_num_steps(num_steps)
         )
-        xs, _ = self._draw_flat(_as_key(rng_key), num_samples, num_steps)
+        xs, *_ = self._draw_flat(_as_key(rng_key), num_samples, num_steps, False)
         return self._constrain(xs)
 
     def _require_trained(self):
@@ -400,13 +453,81 @@ class CDSInference(MCMC):
         """
         warmup_key, draw_key = jax.random.split(_as_key(rng_key))
         self.warmup(warmup_key, *args, **kwargs)
+        if self.correction is not None and not self.has_weights:
+            raise ValueError(
+                f"correction={self.correction!r} needs importance weights, which are "
+                f"computed up to dimension {EXACT_LOG_DET_MAX_DIM}; this model has "
+                f"{self.target.dim}. Use correction=None."
+            )
         start = time.perf_counter()
+        draw_key, resample_key = jax.random.split(draw_key)
         total = self.num_chains * self.num_samples
-        xs, lp = self._draw_flat(draw_key, total, self.num_steps)
-        samples = self._constrain(xs)
-        self._samples = jax.block_until_ready(samples)
-        self._extra_fields = {"lp": lp, "diverging": jnp.zeros(total, bool)}
+        xs, lp, log_weight, signs = self._draw_flat(
+            draw_key, total, self.num_steps, self.has_weights
+        )
+        extra = {"lp": lp, "diverging": jnp.zeros(total, bool)}
+        self.weights_summary = None
+        if log_weight is not None:
+            log_weight = self._checked_log_weights(log_weight)
+            self.weights_summary = summarize_weights(log_weight)
+            self._warn_if_unreliable(signs)
+            extra["log_weight"] = log_weight
+            if self.correction == "resample":
+                index = psis_resample(resample_key, log_weight, total)
+                xs = xs[index]
+                extra = {k: v[index] for k, v in extra.items()}
+        self._samples = jax.block_until_ready(self._constrain(xs))
+        self._extra_fields = extra
         self.timings["sampling"] = time.perf_counter() - start
+
+    @staticmethod
+    def _checked_log_weights(log_weight):
+        """Turn NaN log weights (NaN model log density) into zero weights, warning."""
+        nan = jnp.isnan(log_weight)
+        if bool(jnp.any(nan)):
+            warnings.warn(
+                f"{int(jnp.sum(nan))} draws have a NaN model log density; they get "
+                "importance weight zero. Check the model where it is undefined.",
+                UnreliableDrawsWarning,
+                stacklevel=3,
+            )
+        return jnp.where(nan, -jnp.inf, log_weight)
+
+    def _warn_if_unreliable(self, step_signs) -> None:
+        summary = self.weights_summary
+        if summary.pareto_k > KHAT_THRESHOLD:
+            warnings.warn(
+                f"Pareto k-hat of the importance weights is {summary.pareto_k:.2f} > "
+                f"{KHAT_THRESHOLD}: the {self.num_steps}-step draws and the log Z "
+                "estimate are not reliable. Train longer (num_train_steps), draw with "
+                "more steps (num_steps), or use correction='resample'.",
+                UnreliableDrawsWarning,
+                stacklevel=3,
+            )
+        folds = folded_steps(step_signs)
+        if folds:
+            warnings.warn(
+                f"Flow steps {folds} of {self.num_steps} fold space (their Jacobian "
+                "determinant changes sign between draws), so the importance weights "
+                "are not exact. Draw with more steps or train longer.",
+                UnreliableDrawsWarning,
+                stacklevel=3,
+            )
+
+    def log_evidence(self) -> tuple[float, float]:
+        """``(log Z estimate, standard error)`` from the draws' importance weights.
+
+        ``Z`` is the normalising constant of the model's density over its latent
+        sites given the data, i.e. the marginal likelihood when the model's priors
+        are normalised.
+        """
+        if self.weights_summary is None:
+            self._require_trained()
+            raise RuntimeError(
+                "No importance weights: call run() first; weights are computed for "
+                f"models of dimension up to {EXACT_LOG_DET_MAX_DIM}."
+            )
+        return self.weights_summary.log_evidence, self.weights_summary.standard_error
 
     # ------------------------------------------------------------------ results
     def _group(self, tree, group_by_chain: bool):
@@ -422,7 +543,7 @@ class CDSInference(MCMC):
         return self._group(self._samples, group_by_chain)
 
     def get_extra_fields(self, group_by_chain: bool = False) -> dict:
-        """Per-draw fields: ``lp`` (unconstrained log joint) and ``diverging``."""
+        """Per-draw ``lp`` (unconstrained log joint), ``log_weight``, ``diverging``."""
         return self._group(self._extra_fields, group_by_chain)
 
     def print_summary(self, prob: float = 0.9, exclude_deterministic: bool = True):
@@ -438,4 +559,19 @@ class CDSInference(MCMC):
             f"CDS: {int(self._state.iteration)} training iterations "
             f"({self.timings.get('training', 0.0):.1f} s), final diffusion loss "
             f"{np.nanmean(tail):.4g}; {self.num_steps}-step draws."
+        )
+        summary = self.weights_summary
+        if summary is None:
+            print(
+                f"Importance weights: not computed (dimension {self.target.dim} > "
+                f"{EXACT_LOG_DET_MAX_DIM})."
+            )
+            return
+        verdict = "unreliable" if summary.pareto_k > KHAT_THRESHOLD else "ok"
+        print(
+            f"Importance weights ({summary.num_draws} draws): log Z = "
+            f"{summary.log_evidence:.4f} +- {summary.standard_error:.4f}, ELBO "
+            f"{summary.elbo:.4f}, ESS {summary.ess:.3f}, Pareto k-hat "
+            f"{summary.pareto_k:.2f} ({verdict})"
+            + (", draws resampled." if self.correction == "resample" else ".")
         )
