@@ -29,6 +29,7 @@ from .importance import (
     psis_resample,
     summarize_weights,
 )
+from .mcmc import mala_move
 from .target import Target, target_from_model
 from .train import TrainConfig, default_optimizer, fit
 from .whitening import (
@@ -44,7 +45,7 @@ __all__ = ["CDSInference", "UnreliableDrawsWarning", "EXACT_LOG_DET_MAX_DIM"]
 #: ``slogdet``: ``dim`` forward passes per step and draw).
 EXACT_LOG_DET_MAX_DIM = 200
 
-_CORRECTIONS = (None, "resample")
+_CORRECTIONS = (None, "resample", "mcmc")
 
 
 class UnreliableDrawsWarning(UserWarning):
@@ -130,10 +131,14 @@ class CDSInference(MCMC):
             with the same model and settings resumes from it instead of starting over.
             With the same ``rng_key`` the result equals an uninterrupted run.
         progress_bar: show a tqdm progress bar with the loss during training.
-        correction: ``None`` (the sampler's draws as they are) or ``"resample"``
+        correction: ``None`` (the sampler's draws as they are), ``"resample"``
             (PSIS-weighted importance resampling of the draws to equally weighted
-            draws; needs importance weights, i.e. dimension at most
-            ``EXACT_LOG_DET_MAX_DIM``).
+            draws) or ``"mcmc"`` (resample-move: the resampling, then
+            ``correction_steps`` MALA steps per draw, vectorised, with a step size
+            adapted over the population in the first half; acceptance and gradient
+            evaluations in ``cds.correction_info``).  Both need importance weights,
+            i.e. dimension at most ``EXACT_LOG_DET_MAX_DIM``.
+        correction_steps: MALA steps per draw with ``correction="mcmc"``.
 
     Every draw carries the importance log weight ``log rho(x) - log q(x)`` of the
     k-step flow (exact log-determinants) as the extra field ``log_weight``; from them
@@ -169,6 +174,7 @@ class CDSInference(MCMC):
         checkpoint: str | os.PathLike | None = None,
         progress_bar: bool = True,
         correction: str | None = None,
+        correction_steps: int = 100,
     ):
         if not callable(model):
             raise TypeError(f"model must be a callable NumPyro model, got {model!r}.")
@@ -204,6 +210,8 @@ class CDSInference(MCMC):
                 f"correction must be one of {_CORRECTIONS}; got {correction!r}."
             )
         self.correction = correction
+        self.correction_steps = _check_count("correction_steps", correction_steps)
+        self.correction_info: dict = {}
         self.weights_summary: ImportanceSummary | None = None
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self._args: tuple = ()
@@ -460,7 +468,7 @@ class CDSInference(MCMC):
                 f"{self.target.dim}. Use correction=None."
             )
         start = time.perf_counter()
-        draw_key, resample_key = jax.random.split(draw_key)
+        draw_key, resample_key, move_key = jax.random.split(draw_key, 3)
         total = self.num_chains * self.num_samples
         xs, lp, log_weight, signs = self._draw_flat(
             draw_key, total, self.num_steps, self.has_weights
@@ -472,13 +480,41 @@ class CDSInference(MCMC):
             self.weights_summary = summarize_weights(log_weight)
             self._warn_if_unreliable(signs)
             extra["log_weight"] = log_weight
-            if self.correction == "resample":
+            if self.correction is not None:
                 index = psis_resample(resample_key, log_weight, total)
                 xs = xs[index]
                 extra = {k: v[index] for k, v in extra.items()}
+            if self.correction == "mcmc":
+                xs, extra["lp"] = self._move(move_key, xs)
         self._samples = jax.block_until_ready(self._constrain(xs))
         self._extra_fields = extra
         self.timings["sampling"] = time.perf_counter() - start
+
+    def _move(self, rng_key, xs):
+        """MALA moves of the draws in the whitened space; returns them and their lp."""
+        whitening, target = self._setup["whitening"], self._setup["target"]
+        logdensity_fn = whitening.whitened_logdensity(target.logdensity_fn)
+        half = self.correction_steps // 2
+
+        @jax.jit
+        def move(key, xs):
+            zs, info = mala_move(
+                key,
+                logdensity_fn,
+                whitening.whiten(xs),
+                num_adapt=half,
+                num_steps=self.correction_steps - half,
+            )
+            xs = whitening.unwhiten(zs)
+            return xs, jax.vmap(target.logdensity_fn)(xs), info
+
+        xs, lp, info = move(rng_key, xs)
+        self.correction_info = {
+            "acceptance_rate": float(info.acceptance_rate),
+            "step_size": float(info.step_size),
+            "gradient_evaluations": int(info.gradient_evaluations),
+        }
+        return xs, lp
 
     @staticmethod
     def _checked_log_weights(log_weight):
@@ -573,5 +609,12 @@ class CDSInference(MCMC):
             f"{summary.log_evidence:.4f} +- {summary.standard_error:.4f}, ELBO "
             f"{summary.elbo:.4f}, ESS {summary.ess:.3f}, Pareto k-hat "
             f"{summary.pareto_k:.2f} ({verdict})"
-            + (", draws resampled." if self.correction == "resample" else ".")
+            + ("." if self.correction is None else ", draws resampled.")
         )
+        if self.correction == "mcmc":
+            info = self.correction_info
+            print(
+                f"MCMC correction: {self.correction_steps} MALA steps per draw, "
+                f"acceptance {info['acceptance_rate']:.2f}, "
+                f"{info['gradient_evaluations']} gradient evaluations."
+            )

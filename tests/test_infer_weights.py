@@ -121,3 +121,21 @@ def test_resampling_corrects_an_under_trained_sampler():
 def test_bad_correction_is_refused():
     with pytest.raises(ValueError, match="correction"):
         CDSInference(normal_mean, correction="exact")
+
+
+def test_mcmc_correction_makes_an_under_trained_sampler_exact():
+    exact_mean, exact_sd = float(jnp.sum(SHARP_Y) / 51.0), float(1 / np.sqrt(51.0))
+    cds = CDSInference(
+        _sharp_posterior,
+        num_samples=4000,
+        whitening=(2.0, 1.0),
+        correction="mcmc",
+        **{**SMALL, "num_train_steps": 2},
+    )
+    cds.run(jax.random.key(4), SHARP_Y)
+    x = np.asarray(cds.get_samples()["x"])
+    assert np.mean(x) == pytest.approx(exact_mean, abs=0.01)
+    assert np.std(x) == pytest.approx(exact_sd, rel=0.05)
+    info = cds.correction_info
+    assert 0.3 < info["acceptance_rate"] < 0.9
+    assert info["gradient_evaluations"] == 4000 * (cds.correction_steps + 1)
