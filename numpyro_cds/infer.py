@@ -424,25 +424,42 @@ class CDSInference(MCMC):
     def _constrain(self, xs):
         return jax.vmap(self._setup["target"].postprocess_fn)(xs)
 
-    def sample(self, rng_key, num_samples: int, num_steps: int | None = None) -> dict:
+    def sample(
+        self,
+        rng_key,
+        num_samples: int,
+        num_steps: int | None = None,
+        log_weights: bool = False,
+    ):
         """Draw more samples from the trained sampler, without retraining.
 
         Args:
             rng_key: PRNG key.
             num_samples: number of draws.
             num_steps: probability-flow steps per draw (default: ``self.num_steps``).
+            log_weights: also return each draw's importance log weight (exact
+                log-determinants; dimension at most ``EXACT_LOG_DET_MAX_DIM``).
 
         Returns:
             Dict of constrained latent and deterministic sites, leading axis
-            ``num_samples``.
+            ``num_samples``; with ``log_weights=True``, the pair ``(samples,
+            log_weights)``.
         """
         self._require_trained()
         num_samples = _check_count("num_samples", num_samples)
         num_steps = (
             self.num_steps if num_steps is None else self._check_num_steps(num_steps)
         )
-        xs, *_ = self._draw_flat(_as_key(rng_key), num_samples, num_steps, False)
-        return self._constrain(xs)
+        if log_weights and not self.has_weights:
+            raise ValueError(
+                f"log_weights=True needs dimension at most {EXACT_LOG_DET_MAX_DIM}; "
+                f"this model has {self.target.dim}."
+            )
+        xs, _, weights, _ = self._draw_flat(
+            _as_key(rng_key), num_samples, num_steps, log_weights
+        )
+        samples = self._constrain(xs)
+        return (samples, weights) if log_weights else samples
 
     def _require_trained(self):
         if not self.is_trained:

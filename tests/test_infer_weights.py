@@ -139,3 +139,11 @@ def test_mcmc_correction_makes_an_under_trained_sampler_exact():
     info = cds.correction_info
     assert 0.3 < info["acceptance_rate"] < 0.9
     assert info["gradient_evaluations"] == 4000 * (cds.correction_steps + 1)
+
+
+def test_sample_returns_log_weights_on_request(trained_eight_schools):
+    cds = trained_eight_schools
+    samples, log_weights = cds.sample(jax.random.key(5), 100, 2, log_weights=True)
+    assert samples["mu"].shape == (100,) and log_weights.shape == (100,)
+    again = cds.sample(jax.random.key(5), 100, 2)
+    np.testing.assert_array_equal(again["mu"], samples["mu"])
