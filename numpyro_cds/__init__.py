@@ -1,7 +1,8 @@
 """numpyro_cds: consistent diffusion samplers for NumPyro models."""
 
 from .consistency import ConsistencyConfig, consistency_sampler
-from .infer import CDSInference
+from .importance import ImportanceSummary, summarize_weights
+from .infer import CDSInference, UnreliableDrawsWarning
 from .networks import ControlNetwork, TimeEmbedding
 from .sde import AbstractSchedule, LinearSchedule
 from .target import Target, target_from_model
@@ -12,6 +13,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CDSInference",
+    "UnreliableDrawsWarning",
+    "ImportanceSummary",
+    "summarize_weights",
     "Target",
     "target_from_model",
     "AbstractSchedule",

@@ -2,10 +2,8 @@
 
 Sampling with ``k`` deterministic Euler steps of the probability-flow ODE maps a prior
 draw ``x_0`` to ``x_k = T_k(...T_1(x_0))``.  By the change of variables its density is
-
-    log q(x_k) = log p_prior(x_0) - sum_j log |det dT_j / dx (x_{j-1})|,
-
-so ``log rho(x_k) - log q(x_k)`` is a valid importance log weight at every step count,
+``log q(x_k) = log p_prior(x_0) - sum_j log |det J_j(x_{j-1})|`` with ``J_j`` the
+Jacobian of step ``j``, so ``log rho(x_k) - log q(x_k)`` is a valid importance log weight at every step count,
 unlike the boundary-only weight of the SCDS/CDDS papers, which leaves the volume change
 out.  The log-determinants are exact here (``jax.jacfwd`` + ``slogdet``: ``dim``
 forward-mode passes per step, each including a Hessian-vector product of the target
