@@ -20,6 +20,7 @@ total:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,12 +30,20 @@ import numpy as np
 from numpyro.diagnostics import summary
 from numpyro.infer import MCMC, NUTS
 
-from numpyro_cds import CDSInference
+from numpyro_cds import CDSInference, summarize_weights
 from numpyro_cds.whitening import WhiteningConfig
 
 from .targets import BenchmarkTarget
 
-__all__ = ["Budget", "BUDGETS", "MethodRun", "METHODS", "register_method", "run_nuts"]
+__all__ = [
+    "Budget",
+    "BUDGETS",
+    "MethodRun",
+    "METHODS",
+    "register_method",
+    "run_nuts",
+    "scds_steps",
+]
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,13 @@ class MethodRun:
 
 
 METHODS: dict[str, Callable] = {}
+_SCDS_ROW = re.compile(r"SCDS\((\d+)\)")
+
+
+def scds_steps(method: str) -> int | None:
+    """Number of steps of an uncorrected ``SCDS(k)`` row label, else None."""
+    match = _SCDS_ROW.fullmatch(method)
+    return int(match.group(1)) if match else None
 
 
 def register_method(name: str) -> Callable:
@@ -156,7 +172,12 @@ def _whitening_gradient_evaluations(cds: CDSInference) -> int:
 
 @register_method("scds")
 def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
-    """``CDSInference`` with the budget's settings; a row per number of steps 1, 2, ..., N."""
+    """``CDSInference`` with the budget's settings; a row per number of steps 1, 2, ..., N.
+
+    Where the model is small enough for exact weights, the 1-step row also holds the
+    importance-weight summary (log Z, ESS, k-hat), and a row ``SCDS(1)+MCMC`` gives
+    the same sampler's 1-step draws with ``correction="mcmc"``.
+    """
     train_key, sample_key = jax.random.split(rng_key)
     options = _budget_kwargs(target, budget)
     cds = CDSInference(
@@ -175,6 +196,17 @@ def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun
         draw = lambda k=num_steps: cds.sample(sample_key, budget.num_draws, k)  # noqa: E731
         draw()
         samples, seconds = _timed(draw)
+        info = {
+            "num_train_steps": cds.train_config.num_train_steps,
+            "batch_size": config.batch_size,
+            "num_sde_steps": config.num_sde_steps,
+            "final_diffusion_loss": float(
+                np.median(cds.training_losses["diffusion_loss"][-100:])
+            ),
+        }
+        if num_steps == 1 and cds.has_weights:
+            _, log_weights = cds.sample(sample_key, budget.num_draws, 1, True)
+            info["weights"] = summarize_weights(np.asarray(log_weights))._asdict()
         runs.append(
             MethodRun(
                 method=f"SCDS({num_steps})",
@@ -184,17 +216,28 @@ def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun
                 network_evaluations=num_steps,
                 gradient_evaluations=training_gradients
                 + (num_steps - 1) * budget.num_draws,
-                info={
-                    "num_train_steps": cds.train_config.num_train_steps,
-                    "batch_size": config.batch_size,
-                    "num_sde_steps": config.num_sde_steps,
-                    "final_diffusion_loss": float(
-                        np.median(cds.training_losses["diffusion_loss"][-100:])
-                    ),
-                },
+                info=info,
             )
         )
+    if cds.has_weights:
+        runs.append(_corrected_run(cds, target, budget, sample_key, runs[0]))
     return runs
+
+
+def _corrected_run(cds, target, budget, rng_key, one_step: MethodRun) -> MethodRun:
+    """The 1-step draws with ``correction="mcmc"`` (resample-move), same sampler."""
+    cds.correction, cds.num_steps = "mcmc", 1
+    cds.run(rng_key, *target.model_args)
+    return MethodRun(
+        method="SCDS(1)+MCMC",
+        samples=_numpy(cds.get_samples()),
+        train_seconds=one_step.train_seconds,
+        sample_seconds=cds.timings["sampling"],
+        network_evaluations=1,
+        gradient_evaluations=one_step.gradient_evaluations
+        + cds.correction_info["gradient_evaluations"],
+        info={**one_step.info, "correction": cds.correction_info},
+    )
 
 
 def run_nuts(model, model_args, rng_key, nuts: dict) -> tuple[MCMC, dict]:

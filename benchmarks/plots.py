@@ -12,6 +12,8 @@ import numpy as np  # noqa: E402
 
 from numpyro_cds.diagnostics import flatten_samples  # noqa: E402
 
+from .methods import scds_steps  # noqa: E402
+
 __all__ = ["plot_target", "plot_steps"]
 
 
@@ -23,9 +25,7 @@ def plot_target(target, runs, exact, reference, plots_dir) -> str:
     """
     os.makedirs(plots_dir, exist_ok=True)
     by_method = {run.method: run for run in runs}
-    scds = sorted(
-        (m for m in by_method if m.startswith("SCDS(")), key=lambda m: int(m[5:-1])
-    )
+    scds = sorted((m for m in by_method if scds_steps(m)), key=scds_steps)
     shown = [m for m in (scds[:1] + scds[-1:] + ["NUTS"]) if m in by_method]
     if exact is not None:
         truth, label = exact[:, :2], "exact"
@@ -64,10 +64,10 @@ def plot_steps(results: dict, plots_dir: str) -> str | None:
     """
     curves = {"Sinkhorn": [], "max |mean error| / ref sd": []}
     for name, target in results["targets"].items():
-        rows = [r for r in target["rows"] if r["method"].startswith("SCDS(")]
+        rows = [r for r in target["rows"] if scds_steps(r["method"])]
         if not rows:
             continue
-        steps = [int(r["method"][5:-1]) for r in rows]
+        steps = [scds_steps(r["method"]) for r in rows]
         if "sinkhorn" in rows[0]["metrics"]:
             values = [r["metrics"]["sinkhorn"] for r in rows]
             curves["Sinkhorn"].append((name, steps, values))

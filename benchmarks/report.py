@@ -10,6 +10,8 @@ import time
 
 import jax
 
+from .methods import scds_steps
+
 __all__ = ["machine_info", "render_results", "write_benchmarks"]
 
 _SUITE_ORDER = ("paper", "extended", "posteriors", "all")
@@ -51,8 +53,8 @@ def _by_method(target: dict) -> dict:
 
 
 def _largest_scds(rows: dict) -> str | None:
-    scds = [m for m in rows if m.startswith("SCDS(")]
-    return max(scds, key=lambda m: int(m[5:-1])) if scds else None
+    scds = [m for m in rows if scds_steps(m)]
+    return max(scds, key=scds_steps) if scds else None
 
 
 def _cell(by_method: dict, method: str | None, render) -> str | None:
@@ -76,6 +78,7 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
         "exact-draw floor",
         "SCDS(1)",
         "SCDS(N)",
+        "SCDS(1)+MCMC",
         "NUTS (its floor)",
         "paper DIS(128)",
         "paper SCDS(1)",
@@ -96,7 +99,8 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
                 target["dim"],
                 sinkhorn(_floor(by_method, "SCDS(1)")),
                 sinkhorn("SCDS(1)"),
-                f"{sinkhorn(largest)} (N={largest[5:-1]})" if largest else None,
+                f"{sinkhorn(largest)} (N={scds_steps(largest)})" if largest else None,
+                sinkhorn("SCDS(1)+MCMC"),
                 f"{sinkhorn('NUTS')} ({sinkhorn(_floor(by_method, 'NUTS'))})",
                 *(
                     paper[m][0] if m in paper else None
@@ -116,20 +120,47 @@ def _cost_columns(row: dict) -> list:
     ]
 
 
+def _weights_cell(row: dict | None) -> str | None:
+    """``log Z +- se / ESS / k-hat`` of a row with an importance-weight summary."""
+    weights = None if row is None else row["info"].get("weights")
+    if weights is None:
+        return None
+    return (
+        f"{weights['log_evidence']:.3f} +- {weights['standard_error']:.3f} / "
+        f"{weights['ess']:.3g} / {weights['pareto_k']:.2f}"
+    )
+
+
 def _synthetic_details(name: str, target: dict) -> list[str]:
     keys = ["num_draws", "sinkhorn", "sinkhorn_converged"]
-    keys += ["sinkhorn_divergence", "mmd2", "emc", "modes_hit"]
+    keys += ["sinkhorn_divergence", "mmd2", "emc", "modes_hit", "log_z_error"]
     labels = ["n", "Sinkhorn", "converged", "Sinkhorn div.", "MMD^2", "EMC"]
-    labels += ["modes hit"]
+    labels += ["modes hit", "abs. log Z error"]
     present = [k for k in keys if any(k in r["metrics"] for r in target["rows"])]
     header = ["method"] + [labels[keys.index(k)] for k in present]
+    with_weights = any("weights" in r["info"] for r in target["rows"])
+    header += ["log Z +- se / ESS / k-hat"] if with_weights else []
     header += ["train s", "sample s", "network evals / draw", "gradient evals"]
     rows = [
-        [row["method"]] + [row["metrics"].get(k) for k in present] + _cost_columns(row)
+        [row["method"]]
+        + [row["metrics"].get(k) for k in present]
+        + ([_weights_cell(row)] if with_weights else [])
+        + _cost_columns(row)
         for row in target["rows"]
     ]
     title = f"#### {name} ({target['dim']}-D): {target['description']}"
     return [title, ""] + _table(header, rows)
+
+
+def _correction_cell(row: dict | None) -> str | None:
+    """Seconds and gradient evaluations the MCMC correction added."""
+    if row is None:
+        return None
+    info = row["info"]["correction"]
+    return (
+        f"{row['sample_seconds']:.1f} / {info['gradient_evaluations']} "
+        f"(acceptance {info['acceptance_rate']:.2f})"
+    )
 
 
 def _reference_table(targets: dict) -> list[str]:
@@ -139,10 +170,13 @@ def _reference_table(targets: dict) -> list[str]:
         "reference",
         "SCDS(1) mean err / log sd",
         "SCDS(N) mean err / log sd",
+        "SCDS(1)+MCMC mean err / log sd",
         "NUTS mean err / log sd",
         "SCDS iterations x batch",
         "SCDS train + sample s",
         "NUTS s",
+        "SCDS(1) log Z +- se / ESS / k-hat",
+        "MCMC correction s / gradient evals",
         "SCDS gradient evals",
         "NUTS gradient evals",
         "NUTS divergences / max R-hat / min ESS",
@@ -168,7 +202,8 @@ def _reference_table(targets: dict) -> list[str]:
                 target["dim"],
                 target["reference"],
                 errors("SCDS(1)"),
-                f"{errors(largest)} (N={largest[5:-1]})" if largest else None,
+                f"{errors(largest)} (N={scds_steps(largest)})" if largest else None,
+                errors("SCDS(1)+MCMC"),
                 errors("NUTS") if target["reference"] != "NUTS" else "(reference)",
                 f"{scds['info']['num_train_steps']} x {scds['info']['batch_size']}"
                 if scds
@@ -179,6 +214,8 @@ def _reference_table(targets: dict) -> list[str]:
                 f"{nuts['train_seconds'] + nuts['sample_seconds']:.1f}"
                 if nuts
                 else None,
+                _weights_cell(scds),
+                _correction_cell(by_method.get("SCDS(1)+MCMC")),
                 scds["gradient_evaluations"] if scds else None,
                 nuts["gradient_evaluations"] if nuts else None,
                 f"{nuts['info']['divergences']} / {nuts['info']['max_r_hat']:.3f} / "

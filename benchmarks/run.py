@@ -121,6 +121,11 @@ def evaluate(
         result.update(
             metrics.max_standardized_errors(flatten_samples(run.samples), reference)
         )
+    weights = run.info.get("weights")
+    if weights is not None and target.log_z is not None:
+        result["log_z_error"] = metrics.log_z_error(
+            weights["log_evidence"], target.log_z
+        )
     return result
 
 
