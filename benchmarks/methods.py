@@ -90,7 +90,12 @@ BUDGETS = {
         overrides={
             "diamonds-diamonds": dict(
                 num_train_steps=2000, batch_size=128, num_sde_steps=64
-            )
+            ),
+            # The evidence suite measures the CDSInference defaults.
+            "normal_mean": dict(num_train_steps=8000, batch_size=256, num_sde_steps=64),
+            "linear_regression": dict(
+                num_train_steps=8000, batch_size=256, num_sde_steps=64
+            ),
         },
     ),
     "gpu": Budget(

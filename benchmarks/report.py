@@ -14,7 +14,7 @@ from .methods import scds_steps
 
 __all__ = ["machine_info", "render_results", "write_benchmarks"]
 
-_SUITE_ORDER = ("paper", "extended", "posteriors", "all")
+_SUITE_ORDER = ("paper", "extended", "evidence", "posteriors", "all")
 _BUDGET_ORDER = ("cpu", "gpu")
 
 

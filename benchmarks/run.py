@@ -8,7 +8,8 @@ Usage (from the repository root)::
     python -m benchmarks.run --suite all --budget gpu --posteriordb PATH
 
 Suites: ``paper`` (GMM grid, MW54, funnel, MW52), ``extended`` (GMM-40 2-D and 50-D,
-Many-Well 32-D, breast-cancer logistic regression, LGCP), ``posteriors`` (posteriordb;
+Many-Well 32-D, breast-cancer logistic regression, LGCP), ``evidence`` (conjugate
+Gaussian models with closed-form log Z and posterior), ``posteriors`` (posteriordb;
 needs ``--posteriordb``) and ``all``.  Writes ``results.json`` (raw figures),
 ``results.md`` (tables) and PNG plots to ``--out`` (default
 ``results/<suite>-<budget>``); ``--write-benchmarks`` then regenerates
@@ -68,7 +69,8 @@ def load_targets(
     names = {
         "paper": SUITES["paper"],
         "extended": SUITES["extended"],
-        "all": SUITES["paper"] + SUITES["extended"],
+        "evidence": SUITES["evidence"],
+        "all": SUITES["paper"] + SUITES["extended"] + SUITES["evidence"],
         "posteriors": (),
     }[suite]
     targets = [make_target(name) for name in names if not only or name in only]
@@ -236,7 +238,9 @@ def main(argv=None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--suite", choices=["paper", "extended", "posteriors", "all"], default="paper"
+        "--suite",
+        choices=["paper", "extended", "evidence", "posteriors", "all"],
+        default="paper",
     )
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="quick")
     parser.add_argument("--posteriordb", default=None, help="posteriordb folder")

@@ -363,6 +363,67 @@ def _lgcp(grid_size: int = 40) -> BenchmarkTarget:
     )
 
 
+def _gaussian_conjugate(name, features, noise_sd, y, description) -> BenchmarkTarget:
+    """``x ~ N(0, I)``, ``y ~ N(F x, noise_sd^2 I)``: evidence and posterior in closed form.
+
+    ``log Z = log N(y; 0, noise_sd^2 I + F F^T)``; the posterior is Gaussian with
+    precision ``I + F^T F / noise_sd^2``.
+    """
+    features = np.asarray(features, np.float64)
+    y = np.asarray(y, np.float64)
+    dim = features.shape[1]
+    covariance = noise_sd**2 * np.eye(len(y)) + features @ features.T
+    _, log_det = np.linalg.slogdet(2 * np.pi * covariance)
+    log_z = -0.5 * (log_det + y @ np.linalg.solve(covariance, y))
+    precision = np.eye(dim) + features.T @ features / noise_sd**2
+    posterior_cov = np.linalg.inv(precision)
+    posterior_mean = posterior_cov @ features.T @ y / noise_sd**2
+    chol = np.linalg.cholesky(posterior_cov)
+
+    def model(features, y):
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([dim]).to_event(1))
+        numpyro.sample("y", dist.Normal(features @ x, noise_sd), obs=y)
+
+    def sample(rng_key, n):
+        noise = np.asarray(jax.random.normal(rng_key, (n, dim)), np.float64)
+        return (posterior_mean + noise @ chol.T).astype(np.float32)
+
+    return BenchmarkTarget(
+        name=name,
+        model=model,
+        model_args=(jnp.asarray(features, jnp.float32), jnp.asarray(y, jnp.float32)),
+        dim=dim,
+        log_z=float(log_z),
+        exact_sampler=sample,
+        description=description,
+    )
+
+
+def _normal_mean() -> BenchmarkTarget:
+    y = 0.7 + np.asarray(jax.random.normal(jax.random.key(10), (20,)))
+    return _gaussian_conjugate(
+        "normal_mean",
+        np.ones((20, 1)),
+        1.0,
+        y,
+        "mean of 20 N(mu, 1) draws, mu ~ N(0, 1)",
+    )
+
+
+def _linear_regression() -> BenchmarkTarget:
+    features = np.asarray(jax.random.normal(jax.random.key(11), (100, 5)))
+    weights = np.array([1.0, -0.5, 0.3, 0.0, 2.0])
+    noise = np.asarray(jax.random.normal(jax.random.key(12), (100,)))
+    y = features @ weights + 0.5 * noise
+    return _gaussian_conjugate(
+        "linear_regression",
+        features,
+        0.5,
+        y,
+        "Bayesian linear regression, 5 weights ~ N(0, 1), 100 rows, noise sd 0.5",
+    )
+
+
 _FACTORIES = {
     "gmm_grid": _gmm_grid,
     "mw54": _mw54,
@@ -373,11 +434,14 @@ _FACTORIES = {
     "many_well_32": _many_well_32,
     "breast_cancer": _breast_cancer,
     "lgcp": _lgcp,
+    "normal_mean": _normal_mean,
+    "linear_regression": _linear_regression,
 }
 
 SUITES = {
     "paper": ("gmm_grid", "mw54", "funnel", "mw52"),
     "extended": ("gmm40_2d", "gmm40_50d", "many_well_32", "breast_cancer", "lgcp"),
+    "evidence": ("normal_mean", "linear_regression"),
 }
 
 
@@ -385,7 +449,7 @@ def make_target(name: str) -> BenchmarkTarget:
     """Build a synthetic or real-data target by name.
 
     Args:
-        name: one of ``SUITES["paper"] + SUITES["extended"]``.
+        name: a name in one of the ``SUITES``.
 
     Returns:
         The target.

@@ -97,25 +97,28 @@ def test_log_weight_is_an_extra_field_and_arviz_sample_stat(trained_eight_school
     assert "log_weight" in idata.sample_stats
 
 
-def test_resampling_corrects_an_under_trained_sampler():
-    exact_mean = float(jnp.sum(SHARP_Y) / 51.0)
-    options = {**SMALL, "num_train_steps": 2}
-    # The same under-trained sampler, around 2 instead of the posterior's 2.9.
-    plain = CDSInference(
-        _sharp_posterior, num_samples=4000, whitening=(2.0, 1.0), **options
-    )
-    corrected = CDSInference(
+@pytest.fixture(scope="module")
+def under_trained():
+    """Two training iterations, whitening around 2 instead of the posterior's 2.9."""
+    cds = CDSInference(
         _sharp_posterior,
         num_samples=4000,
         whitening=(2.0, 1.0),
-        correction="resample",
-        **options,
+        **{**SMALL, "num_train_steps": 2},
     )
-    plain.run(jax.random.key(3), SHARP_Y)
-    corrected.run(jax.random.key(3), SHARP_Y)
-    plain_error = abs(float(np.mean(plain.get_samples()["x"])) - exact_mean)
-    corrected_error = abs(float(np.mean(corrected.get_samples()["x"])) - exact_mean)
-    assert corrected_error < 0.05 < plain_error
+    cds.run(jax.random.key(3), SHARP_Y)
+    return cds
+
+
+EXACT_MEAN, EXACT_SD = float(jnp.sum(SHARP_Y) / 51.0), float(1 / np.sqrt(51.0))
+
+
+def test_resampling_corrects_an_under_trained_sampler(under_trained):
+    plain_error = abs(float(np.mean(under_trained.get_samples()["x"])) - EXACT_MEAN)
+    under_trained.correction = "resample"
+    under_trained.run(jax.random.key(3), SHARP_Y)  # draws again, no retraining
+    resampled = under_trained.get_samples()["x"]
+    assert abs(float(np.mean(resampled)) - EXACT_MEAN) < 0.05 < plain_error
 
 
 def test_bad_correction_is_refused():
@@ -123,19 +126,13 @@ def test_bad_correction_is_refused():
         CDSInference(normal_mean, correction="exact")
 
 
-def test_mcmc_correction_makes_an_under_trained_sampler_exact():
-    exact_mean, exact_sd = float(jnp.sum(SHARP_Y) / 51.0), float(1 / np.sqrt(51.0))
-    cds = CDSInference(
-        _sharp_posterior,
-        num_samples=4000,
-        whitening=(2.0, 1.0),
-        correction="mcmc",
-        **{**SMALL, "num_train_steps": 2},
-    )
+def test_mcmc_correction_makes_an_under_trained_sampler_exact(under_trained):
+    cds = under_trained
+    cds.correction = "mcmc"
     cds.run(jax.random.key(4), SHARP_Y)
     x = np.asarray(cds.get_samples()["x"])
-    assert np.mean(x) == pytest.approx(exact_mean, abs=0.01)
-    assert np.std(x) == pytest.approx(exact_sd, rel=0.05)
+    assert np.mean(x) == pytest.approx(EXACT_MEAN, abs=0.01)
+    assert np.std(x) == pytest.approx(EXACT_SD, rel=0.05)
     info = cds.correction_info
     assert 0.3 < info["acceptance_rate"] < 0.9
     assert info["gradient_evaluations"] == 4000 * (cds.correction_steps + 1)
