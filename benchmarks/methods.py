@@ -179,9 +179,9 @@ def _whitening_gradient_evaluations(cds: CDSInference) -> int:
 def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
     """``CDSInference`` with the budget's settings; a row per number of steps 1, 2, ..., N.
 
-    Where the model is small enough for exact weights, the 1-step row also holds the
-    importance-weight summary (log Z, ESS, k-hat), and a row ``SCDS(1)+MCMC`` gives
-    the same sampler's 1-step draws with ``correction="mcmc"``.
+    The 1-step row also holds the importance-weight summary (log Z, ESS, k-hat), and
+    a row ``SCDS(1)+MCMC`` gives the same sampler's 1-step draws with
+    ``correction="mcmc"``.
     """
     train_key, sample_key = jax.random.split(rng_key)
     options = _budget_kwargs(target, budget)
@@ -209,7 +209,7 @@ def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun
                 np.median(cds.training_losses["diffusion_loss"][-100:])
             ),
         }
-        if num_steps == 1 and cds.has_weights:
+        if num_steps == 1:
             _, log_weights = cds.sample(sample_key, budget.num_draws, 1, True)
             info["weights"] = summarize_weights(np.asarray(log_weights))._asdict()
         runs.append(
@@ -224,8 +224,7 @@ def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun
                 info=info,
             )
         )
-    if cds.has_weights:
-        runs.append(_corrected_run(cds, target, budget, sample_key, runs[0]))
+    runs.append(_corrected_run(cds, target, budget, sample_key, runs[0]))
     return runs
 
 

@@ -203,9 +203,10 @@ def consistency_sampler(
     Returns:
         ``init(rng_key) -> (state, static)``; ``step(rng_key, state, static) ->
         (state, info)``; ``sample(rng_key, params, static, num_samples, num_steps,
-        log_density=False)`` returning an array of shape ``(num_samples, dim)``, or
-        with ``log_density=True`` a :class:`~numpyro_cds.flow.FlowDraws` that also
-        holds each draw's log density under the k-step flow (exact log-dets).
+        log_density=None)`` returning an array of shape ``(num_samples, dim)``, or
+        with ``log_density="exact"`` or ``"stochastic"`` a
+        :class:`~numpyro_cds.flow.FlowDraws` that also holds each draw's log density
+        under the k-step flow (with that kind of log-determinant).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -294,7 +295,7 @@ def consistency_sampler(
         new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
         return new_state, SCDSInfo(diffusion_loss, consistency_loss, kept)
 
-    def sample(rng_key, params, static, num_samples, num_steps, log_density=False):
+    def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
         if not _is_power_of_two(num_steps):
             raise ValueError(
                 f"num_steps must be a power of two (1, 2, 4, ...), got {num_steps!r}."
@@ -303,8 +304,18 @@ def consistency_sampler(
         clip = config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max))
         bound = config.sampling_prior_bound
         x0 = sample_prior(rng_key, (num_samples, dim), bound)
-        bound = bound if log_density else None
-        draws = run_flow(network, schedule, score_fn, x0, num_steps, clip, bound)
-        return draws if log_density else draws.x
+        if log_density is None:
+            return run_flow(network, schedule, score_fn, x0, num_steps, clip).x
+        return run_flow(
+            network,
+            schedule,
+            score_fn,
+            x0,
+            num_steps,
+            clip,
+            bound,
+            log_det=log_density,
+            rng_key=jax.random.fold_in(rng_key, 1),
+        )
 
     return SamplerAlgorithm(init=init, step=step, sample=sample)

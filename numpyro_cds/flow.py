@@ -3,13 +3,17 @@
 Sampling with ``k`` deterministic Euler steps of the probability-flow ODE maps a prior
 draw ``x_0`` to ``x_k = T_k(...T_1(x_0))``.  By the change of variables its density is
 ``log q(x_k) = log p_prior(x_0) - sum_j log |det J_j(x_{j-1})|`` with ``J_j`` the
-Jacobian of step ``j``, so ``log rho(x_k) - log q(x_k)`` is a valid importance log weight at every step count,
-unlike the boundary-only weight of the SCDS/CDDS papers, which leaves the volume change
-out.  The log-determinants are exact here (``jax.jacfwd`` + ``slogdet``: ``dim``
-forward-mode passes per step, each including a Hessian-vector product of the target
-through the Langevin input of the control).  The sign of every step's determinant is
-kept: if it differs between draws (or is zero), that step folds space onto itself, it
-is not invertible, and the density formula does not hold (:func:`folded_steps`).
+Jacobian of step ``j``, so ``log rho(x_k) - log q(x_k)`` is a valid importance log
+weight at every step count, unlike the boundary-only weight of the SCDS/CDDS papers,
+which leaves the volume change out.
+
+The log-determinants are exact (``jax.jacfwd`` + ``slogdet``: ``dim`` forward-mode
+passes per step, each including a Hessian-vector product of the target through the
+Langevin input of the control) or, in high dimension, an unbiased stochastic estimate
+(:func:`stochastic_log_abs_det`).  With exact log-determinants the sign of every step's
+determinant is kept: if it differs between draws (or is zero), that step folds space
+onto itself, it is not invertible, and the density formula does not hold
+(:func:`folded_steps`).
 
 The prior is the standard normal truncated element-wise at ``+-bound``; its log density
 includes the truncation constant.
@@ -34,6 +38,7 @@ __all__ = [
     "truncated_normal_logdensity",
     "flow_step_fn",
     "exact_log_abs_det",
+    "stochastic_log_abs_det",
     "run_flow",
     "folded_steps",
 ]
@@ -96,6 +101,77 @@ def exact_log_abs_det(step: Callable, x: Float[Array, " dim"]):
     return log_abs_det, sign
 
 
+def stochastic_log_abs_det(
+    rng_key,
+    step: Callable,
+    x: Float[Array, " dim"],
+    num_power_iterations: int = 20,
+    continue_probability: float = 0.9,
+    num_probes: int = 4,
+):
+    """Unbiased stochastic estimate of ``log |det J|`` of ``step`` at ``x``.
+
+    ``log |det J| = log det(S) / 2`` with ``S = J^T J``.  With ``c`` from a power
+    iteration (1.5 times the Rayleigh quotient of ``S``),
+    ``log det S = d log c - sum_k tr(B^k) / k`` for ``B = I - S / c``, a series that
+    converges because the eigenvalues of ``B`` lie in ``(-1, 1)``.  Each trace is
+    estimated with one Rademacher probe (Hutchinson) and the series is cut at a random
+    length ``K`` with ``P(K >= k) = q^(k - 1)``, each kept term divided by that
+    probability (Russian roulette), so the estimate is unbiased for any ``c`` that
+    makes the series converge.  Its variance is finite when ``(1 - l_min / c)^2 < q``
+    (``l_min`` the smallest eigenvalue of ``S``), i.e. for steps close enough to the
+    identity; a heavy-tailed weight distribution (Pareto k-hat) shows when it is not.
+    Each term costs one Jacobian-vector and one vector-Jacobian product.
+
+    Args:
+        rng_key: PRNG key.
+        step: the step map of one state.
+        x: the state.
+        num_power_iterations: power iterations for ``c``.
+        continue_probability: ``q``, the probability of adding one more term.
+        num_probes: independent probe-and-length draws averaged.
+
+    Returns:
+        ``(estimate of log |det J|, sign)``; the sign is NaN (unknown) here.
+    """
+    _, jvp = jax.linearize(step, x)
+    vjp = jax.linear_transpose(jvp, x)
+
+    def gram(v):
+        return vjp(jvp(v))[0]
+
+    power_key, probe_key, length_key = jax.random.split(rng_key, 3)
+    v = jax.random.normal(power_key, x.shape)
+
+    def power(v, _):
+        w = gram(v)
+        return w / jnp.linalg.norm(w), None
+
+    v, _ = jax.lax.scan(power, v / jnp.linalg.norm(v), None, num_power_iterations)
+    scale = 1.5 * jnp.vdot(v, gram(v))
+
+    def series(probe_key, length_key):
+        probe = jax.random.rademacher(probe_key, x.shape, dtype=x.dtype)
+
+        def add_term(carry):
+            k, power_probe, total, key, _ = carry
+            power_probe = power_probe - gram(power_probe) / scale
+            weight = continue_probability ** (k - 1.0)
+            total = total - jnp.vdot(probe, power_probe) / (k * weight)
+            key, coin = jax.random.split(key)
+            more = jax.random.uniform(coin) < continue_probability
+            return k + 1.0, power_probe, total, key, more
+
+        init = (1.0, probe, jnp.asarray(0.0, x.dtype), length_key, jnp.asarray(True))
+        return jax.lax.while_loop(lambda carry: carry[-1], add_term, init)[2]
+
+    probe_keys = jax.random.split(probe_key, num_probes)
+    length_keys = jax.random.split(length_key, num_probes)
+    series = jnp.mean(jax.vmap(series)(probe_keys, length_keys))
+    log_det_gram = x.shape[-1] * jnp.log(scale) + series
+    return 0.5 * log_det_gram, jnp.asarray(jnp.nan)
+
+
 def run_flow(
     network,
     schedule: AbstractSchedule,
@@ -104,6 +180,8 @@ def run_flow(
     num_steps: int,
     clip: Float[Array, ""],
     prior_bound: float | None = None,
+    log_det: str = "exact",
+    rng_key=None,
 ) -> FlowDraws:
     """Push prior draws through ``num_steps`` Euler steps of the probability flow.
 
@@ -115,28 +193,50 @@ def run_flow(
         num_steps: number of equal steps from ``t = 0`` to ``t = 1``.
         clip: element-wise clip of the control's parts.
         prior_bound: truncation of the prior; if given, also compute each draw's
-            log density under the flow with exact log-determinants.
+            log density under the flow.
+        log_det: ``"exact"`` (:func:`exact_log_abs_det`) or ``"stochastic"``
+            (:func:`stochastic_log_abs_det`, which needs ``rng_key``; its signs are
+            NaN).
+        rng_key: PRNG key of the stochastic log-determinants.
 
     Returns:
         :class:`FlowDraws` (``log_density`` and ``step_signs`` only with
         ``prior_bound``).
     """
+    if log_det not in ("exact", "stochastic"):
+        raise ValueError(f"log_det must be 'exact' or 'stochastic', got {log_det!r}.")
     dt = 1.0 / num_steps
     with_density = prior_bound is not None
 
-    def advance(step, x):
+    num_samples = x0.shape[0]
+    keys = (
+        jax.random.split(rng_key, (num_steps, num_samples))
+        if log_det == "stochastic"
+        else jnp.zeros((num_steps, num_samples))
+    )
+
+    def advance(step, x, step_keys):
         if not with_density:
             return jax.vmap(step)(x), None
-        log_abs_det, sign = jax.vmap(lambda xi: exact_log_abs_det(step, xi))(x)
+        if log_det == "exact":
+            log_abs_det, sign = jax.vmap(lambda xi: exact_log_abs_det(step, xi))(x)
+        else:
+            log_abs_det, sign = jax.vmap(
+                lambda key, xi: stochastic_log_abs_det(key, step, xi)
+            )(step_keys, x)
         return jax.vmap(step)(x), (log_abs_det, sign)
 
     # At t = 0 the target score has weight zero in the control: skip evaluating it.
-    x, first = advance(flow_step_fn(network, schedule, None, 0.0, dt, clip), x0)
+    x, first = advance(
+        flow_step_fn(network, schedule, None, 0.0, dt, clip), x0, keys[0]
+    )
 
-    def body(x, t):
-        return advance(flow_step_fn(network, schedule, score_fn, t, dt, clip), x)
+    def body(x, inputs):
+        t, step_keys = inputs
+        step = flow_step_fn(network, schedule, score_fn, t, dt, clip)
+        return advance(step, x, step_keys)
 
-    x, rest = jax.lax.scan(body, x, jnp.arange(1, num_steps) * dt)
+    x, rest = jax.lax.scan(body, x, (jnp.arange(1, num_steps) * dt, keys[1:]))
     if not with_density:
         return FlowDraws(x)
     log_abs_det = first[0] + jnp.sum(rest[0], axis=0)

@@ -41,8 +41,9 @@ from .whitening import (
 
 __all__ = ["CDSInference", "UnreliableDrawsWarning", "EXACT_LOG_DET_MAX_DIM"]
 
-#: Largest dimension for which draws carry exact importance weights (``jacfwd`` +
-#: ``slogdet``: ``dim`` forward passes per step and draw).
+#: Largest dimension with exact log-determinants in the importance weights
+#: (``jacfwd`` + ``slogdet``: ``dim`` forward passes per step and draw); above it the
+#: log-determinants are unbiased stochastic estimates.
 EXACT_LOG_DET_MAX_DIM = 200
 
 _CORRECTIONS = (None, "resample", "mcmc")
@@ -136,12 +137,12 @@ class CDSInference(MCMC):
             draws) or ``"mcmc"`` (resample-move: the resampling, then
             ``correction_steps`` MALA steps per draw, vectorised, with a step size
             adapted over the population in the first half; acceptance and gradient
-            evaluations in ``cds.correction_info``).  Both need importance weights,
-            i.e. dimension at most ``EXACT_LOG_DET_MAX_DIM``.
+            evaluations in ``cds.correction_info``).
         correction_steps: MALA steps per draw with ``correction="mcmc"``.
 
     Every draw carries the importance log weight ``log rho(x) - log q(x)`` of the
-    k-step flow (exact log-determinants) as the extra field ``log_weight``; from them
+    k-step flow as the extra field ``log_weight`` (exact log-determinants up to
+    ``EXACT_LOG_DET_MAX_DIM`` dimensions, unbiased stochastic ones above); from them
     come :meth:`log_evidence`, the ESS and the Pareto k-hat shown by
     :meth:`print_summary`.  A k-hat above 0.7 raises an
     :class:`UnreliableDrawsWarning`.
@@ -388,9 +389,9 @@ class CDSInference(MCMC):
 
     # ----------------------------------------------------------------- sampling
     @property
-    def has_weights(self) -> bool:
-        """Whether draws carry exact importance weights (dimension small enough)."""
-        return self.target.dim <= EXACT_LOG_DET_MAX_DIM
+    def log_det_method(self) -> str:
+        """How log-determinants are computed: ``"exact"`` or ``"stochastic"``."""
+        return "exact" if self.target.dim <= EXACT_LOG_DET_MAX_DIM else "stochastic"
 
     def _draw_flat(self, rng_key, num_samples: int, num_steps: int, weights: bool):
         """Unconstrained flat draws, their log densities and (optionally) log weights.
@@ -411,7 +412,7 @@ class CDSInference(MCMC):
                     x = whitening.unwhiten(z)
                     return x, jax.vmap(target.logdensity_fn)(x), None, None
                 flow = algorithm.sample(
-                    key, params, static, num_samples, num_steps, log_density=True
+                    key, params, static, num_samples, num_steps, self.log_det_method
                 )
                 x = whitening.unwhiten(flow.x)
                 lp = jax.vmap(target.logdensity_fn)(x)
@@ -437,8 +438,8 @@ class CDSInference(MCMC):
             rng_key: PRNG key.
             num_samples: number of draws.
             num_steps: probability-flow steps per draw (default: ``self.num_steps``).
-            log_weights: also return each draw's importance log weight (exact
-                log-determinants; dimension at most ``EXACT_LOG_DET_MAX_DIM``).
+            log_weights: also return each draw's importance log weight (see
+                :attr:`log_det_method`).
 
         Returns:
             Dict of constrained latent and deterministic sites, leading axis
@@ -450,11 +451,6 @@ class CDSInference(MCMC):
         num_steps = (
             self.num_steps if num_steps is None else self._check_num_steps(num_steps)
         )
-        if log_weights and not self.has_weights:
-            raise ValueError(
-                f"log_weights=True needs dimension at most {EXACT_LOG_DET_MAX_DIM}; "
-                f"this model has {self.target.dim}."
-            )
         xs, _, weights, _ = self._draw_flat(
             _as_key(rng_key), num_samples, num_steps, log_weights
         )
@@ -478,31 +474,26 @@ class CDSInference(MCMC):
         """
         warmup_key, draw_key = jax.random.split(_as_key(rng_key))
         self.warmup(warmup_key, *args, **kwargs)
-        if self.correction is not None and not self.has_weights:
-            raise ValueError(
-                f"correction={self.correction!r} needs importance weights, which are "
-                f"computed up to dimension {EXACT_LOG_DET_MAX_DIM}; this model has "
-                f"{self.target.dim}. Use correction=None."
-            )
         start = time.perf_counter()
         draw_key, resample_key, move_key = jax.random.split(draw_key, 3)
         total = self.num_chains * self.num_samples
         xs, lp, log_weight, signs = self._draw_flat(
-            draw_key, total, self.num_steps, self.has_weights
+            draw_key, total, self.num_steps, True
         )
-        extra = {"lp": lp, "diverging": jnp.zeros(total, bool)}
-        self.weights_summary = None
-        if log_weight is not None:
-            log_weight = self._checked_log_weights(log_weight)
-            self.weights_summary = summarize_weights(log_weight)
-            self._warn_if_unreliable(signs)
-            extra["log_weight"] = log_weight
-            if self.correction is not None:
-                index = psis_resample(resample_key, log_weight, total)
-                xs = xs[index]
-                extra = {k: v[index] for k, v in extra.items()}
-            if self.correction == "mcmc":
-                xs, extra["lp"] = self._move(move_key, xs)
+        log_weight = self._checked_log_weights(log_weight)
+        self.weights_summary = summarize_weights(log_weight)
+        self._warn_if_unreliable(signs)
+        extra = {
+            "lp": lp,
+            "log_weight": log_weight,
+            "diverging": jnp.zeros(total, bool),
+        }
+        if self.correction is not None:
+            index = psis_resample(resample_key, log_weight, total)
+            xs = xs[index]
+            extra = {k: v[index] for k, v in extra.items()}
+        if self.correction == "mcmc":
+            xs, extra["lp"] = self._move(move_key, xs)
         self._samples = jax.block_until_ready(self._constrain(xs))
         self._extra_fields = extra
         self.timings["sampling"] = time.perf_counter() - start
@@ -557,7 +548,7 @@ class CDSInference(MCMC):
                 UnreliableDrawsWarning,
                 stacklevel=3,
             )
-        folds = folded_steps(step_signs)
+        folds = [] if self.log_det_method == "stochastic" else folded_steps(step_signs)
         if folds:
             warnings.warn(
                 f"Flow steps {folds} of {self.num_steps} fold space (their Jacobian "
@@ -575,11 +566,7 @@ class CDSInference(MCMC):
         are normalised.
         """
         if self.weights_summary is None:
-            self._require_trained()
-            raise RuntimeError(
-                "No importance weights: call run() first; weights are computed for "
-                f"models of dimension up to {EXACT_LOG_DET_MAX_DIM}."
-            )
+            raise RuntimeError("No draws yet: call run(rng_key, *args, **kwargs).")
         return self.weights_summary.log_evidence, self.weights_summary.standard_error
 
     # ------------------------------------------------------------------ results
@@ -614,15 +601,10 @@ class CDSInference(MCMC):
             f"{np.nanmean(tail):.4g}; {self.num_steps}-step draws."
         )
         summary = self.weights_summary
-        if summary is None:
-            print(
-                f"Importance weights: not computed (dimension {self.target.dim} > "
-                f"{EXACT_LOG_DET_MAX_DIM})."
-            )
-            return
         verdict = "unreliable" if summary.pareto_k > KHAT_THRESHOLD else "ok"
         print(
-            f"Importance weights ({summary.num_draws} draws): log Z = "
+            f"Importance weights ({summary.num_draws} draws, {self.log_det_method} "
+            "log-determinants): log Z = "
             f"{summary.log_evidence:.4f} +- {summary.standard_error:.4f}, ELBO "
             f"{summary.elbo:.4f}, ESS {summary.ess:.3f}, Pareto k-hat "
             f"{summary.pareto_k:.2f} ({verdict})"

@@ -144,3 +144,18 @@ def test_sample_returns_log_weights_on_request(trained_eight_schools):
     assert samples["mu"].shape == (100,) and log_weights.shape == (100,)
     again = cds.sample(jax.random.key(5), 100, 2)
     np.testing.assert_array_equal(again["mu"], samples["mu"])
+
+
+def test_stochastic_log_dets_above_the_threshold(monkeypatch):
+    """With the exact threshold lowered, a 5-D model gets stochastic weights.
+
+    Unbiased log-determinants make log w unbiased, not w: the noise biases log mean w
+    up by about half its variance (small here), hence the 0.05 allowance.
+    """
+    monkeypatch.setattr("numpyro_cds.infer.EXACT_LOG_DET_MAX_DIM", 2)
+    args, log_z = _regression_data()
+    cds = CDSInference(linear_regression, num_samples=4000, **SMALL)
+    cds.run(jax.random.key(6), *args)
+    assert cds.log_det_method == "stochastic"
+    estimate, standard_error = cds.log_evidence()
+    assert abs(estimate - log_z) < 3 * standard_error + 0.05
