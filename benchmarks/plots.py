@@ -18,7 +18,9 @@ __all__ = ["plot_target", "plot_steps"]
 
 
 def plot_target(target, runs, exact, reference, plots_dir) -> str:
-    """2-D scatter of the first two coordinates: ground truth, SCDS(1), SCDS(N), NUTS.
+    """Scatter of the first two coordinates (a histogram in 1-D) of each method.
+
+    Panels: ground truth, SCDS(1), SCDS(N), SCDS(1)+MCMC and NUTS, where present.
 
     Returns:
         The path of the PNG written.
@@ -26,10 +28,11 @@ def plot_target(target, runs, exact, reference, plots_dir) -> str:
     os.makedirs(plots_dir, exist_ok=True)
     by_method = {run.method: run for run in runs}
     scds = sorted((m for m in by_method if scds_steps(m)), key=scds_steps)
-    shown = [m for m in (scds[:1] + scds[-1:] + ["NUTS"]) if m in by_method]
+    candidates = scds[:1] + scds[-1:] + ["SCDS(1)+MCMC", "NUTS"]
+    shown = [m for m in candidates if m in by_method]
     if exact is not None:
         truth, label = exact[:, :2], "exact"
-        names = ["x[1]", "x[2]"]
+        names = [f"x[{i + 1}]" for i in range(truth.shape[1])]
     else:
         names = list(reference)[:2]
         truth, label = np.stack([reference[n] for n in names], 1), "reference"
@@ -42,12 +45,15 @@ def plot_target(target, runs, exact, reference, plots_dir) -> str:
     high = np.percentile(truth, 99.5, axis=0)
     pad = 0.1 * (high - low)
     for ax, (title, points) in zip(axes, panels, strict=True):
-        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.3)
         ax.set_title(title)
         ax.set_xlim(low[0] - pad[0], high[0] + pad[0])
-        ax.set_ylim(low[1] - pad[1], high[1] + pad[1])
         ax.set_xlabel(names[0])
-    axes[0].set_ylabel(names[1])
+        if len(names) == 1:
+            ax.hist(points[:, 0], bins=50, range=(low[0] - pad[0], high[0] + pad[0]))
+            continue
+        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.3)
+        ax.set_ylim(low[1] - pad[1], high[1] + pad[1])
+    axes[0].set_ylabel(names[1] if len(names) > 1 else "count")
     fig.suptitle(target.name)
     fig.tight_layout()
     path = os.path.join(plots_dir, f"{target.name}.png")
