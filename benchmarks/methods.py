@@ -74,9 +74,11 @@ class Budget:
 BUDGETS = {
     "quick": Budget(
         "quick",
-        synthetic=dict(num_train_steps=100, batch_size=64, num_sde_steps=16),
-        posterior=dict(num_train_steps=100, batch_size=64, num_sde_steps=16),
-        nuts=dict(num_warmup=200, num_samples=200, num_chains=1),
+        synthetic=dict(
+            num_train_steps=60, batch_size=64, num_sde_steps=16, whitening=None
+        ),
+        posterior=dict(num_train_steps=60, batch_size=64, num_sde_steps=16),
+        nuts=dict(num_warmup=100, num_samples=100, num_chains=1),
         num_draws=500,
         step_counts=(1, 16),
     ),
