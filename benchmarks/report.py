@@ -285,7 +285,7 @@ def write_benchmarks(results_dir: str, path: str) -> None:
     from .core import render_markdown as render_core
 
     found = []
-    for file in glob.glob(os.path.join(results_dir, "*", "results.json")):
+    for file in sorted(glob.glob(os.path.join(results_dir, "*", "results.json"))):
         with open(file) as f:
             results = json.load(f)
         if results["budget"] in _BUDGET_ORDER:
