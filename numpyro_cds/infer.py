@@ -400,7 +400,8 @@ class CDSInference(MCMC):
             ``(xs, lp, log_weight, step_signs)``; the last two are None without
             weights.
         """
-        fn = self._sample_fns.get((num_samples, num_steps, weights))
+        cache_key = (num_samples, num_steps, weights, self.log_det_method)
+        fn = self._sample_fns.get(cache_key)
         if fn is None:
             setup = self._setup
             algorithm, static = setup["algorithm"], setup["static"]
@@ -419,7 +420,7 @@ class CDSInference(MCMC):
                 log_q = flow.log_density - whitening.log_det
                 return x, lp, lp - log_q, flow.step_signs
 
-            fn = self._sample_fns[(num_samples, num_steps, weights)] = jax.jit(draw)
+            fn = self._sample_fns[cache_key] = jax.jit(draw)
         return fn(rng_key, self._state.ema_params)
 
     def _constrain(self, xs):
