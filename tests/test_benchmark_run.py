@@ -45,9 +45,9 @@ def quick_paper_run(tmp_path_factory):
 
 def test_quick_paper_suite_runs_within_its_budget(quick_paper_run):
     out, seconds = quick_paper_run
-    # The budget is 3 minutes on an idle 2-core machine (measured in BENCHMARKS.md);
-    # this bound only catches a blow-up on a loaded CI machine.
-    assert seconds < 480
+    # The budget is 3 minutes on an idle 2-core machine (measured there); the bound
+    # leaves room for a busier CI machine and still catches a blow-up.
+    assert seconds < 300
     with open(out / "results.json") as f:
         results = json.load(f)
     assert list(results["targets"]) == ["gmm_grid", "mw54", "funnel", "mw52"]
