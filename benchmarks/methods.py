@@ -71,6 +71,9 @@ class Budget:
     overrides: dict = field(default_factory=dict)
 
 
+# The CDSInference defaults, which the posteriors and the evidence suite measure.
+_DEFAULT_TRAINING = dict(num_train_steps=8000, batch_size=256, num_sde_steps=64)
+
 BUDGETS = {
     "quick": Budget(
         "quick",
@@ -85,7 +88,7 @@ BUDGETS = {
     "cpu": Budget(
         "cpu",
         synthetic=dict(num_train_steps=4000, batch_size=256, num_sde_steps=128),
-        posterior=dict(num_train_steps=8000, batch_size=256, num_sde_steps=64),
+        posterior=_DEFAULT_TRAINING,
         nuts=dict(num_warmup=1000, num_samples=1000, num_chains=2),
         num_draws=6000,
         # Models whose gradient costs far more than eight schools' (5000 rows for
@@ -105,18 +108,12 @@ BUDGETS = {
                 "bball_drive_event_0-hmm_drive_0",
             )
         }
-        | {
-            # The evidence suite measures the CDSInference defaults.
-            "normal_mean": dict(num_train_steps=8000, batch_size=256, num_sde_steps=64),
-            "linear_regression": dict(
-                num_train_steps=8000, batch_size=256, num_sde_steps=64
-            ),
-        },
+        | {name: _DEFAULT_TRAINING for name in ("normal_mean", "linear_regression")},
     ),
     "gpu": Budget(
         "gpu",
         synthetic=dict(num_train_steps=10000, batch_size=512, num_sde_steps=128),
-        posterior=dict(num_train_steps=8000, batch_size=256, num_sde_steps=64),
+        posterior=_DEFAULT_TRAINING,
         nuts=dict(num_warmup=1000, num_samples=1000, num_chains=2),
         num_draws=6000,
     ),

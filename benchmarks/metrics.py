@@ -24,9 +24,9 @@ from ott.geometry import costs, pointcloud
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 from ott.tools import sinkhorn_divergence as ott_divergence
-from scipy.special import logsumexp
 
 from numpyro_cds.diagnostics import standardized_errors
+from numpyro_cds.importance import importance_ess
 
 __all__ = [
     "sinkhorn_cost",
@@ -164,15 +164,6 @@ def modes_hit(draws: np.ndarray, means: np.ndarray, min_mass: float = 0.005) -> 
     """Number of modes holding at least ``min_mass`` of the draws (nearest-mean rule)."""
     counts = np.bincount(mode_assignments(draws, means), minlength=len(means))
     return int(np.sum(counts / counts.sum() >= min_mass))
-
-
-def importance_ess(log_weights: np.ndarray) -> float:
-    """Normalised importance-sampling ESS, ``(sum w)^2 / (n sum w^2)`` in ``(0, 1]``."""
-    log_weights = np.asarray(log_weights, np.float64)
-    n = log_weights.size
-    return float(
-        np.exp(2 * logsumexp(log_weights) - logsumexp(2 * log_weights) - np.log(n))
-    )
 
 
 def log_z_error(estimate: float, exact: float) -> float:
