@@ -37,6 +37,8 @@ __all__ = [
     "modes_hit",
     "importance_ess",
     "log_z_error",
+    "max_mode_weight_error",
+    "max_quantile_error",
     "max_standardized_errors",
 ]
 
@@ -164,6 +166,24 @@ def modes_hit(draws: np.ndarray, means: np.ndarray, min_mass: float = 0.005) -> 
     """Number of modes holding at least ``min_mass`` of the draws (nearest-mean rule)."""
     counts = np.bincount(mode_assignments(draws, means), minlength=len(means))
     return int(np.sum(counts / counts.sum() >= min_mass))
+
+
+def max_mode_weight_error(draws: np.ndarray, means: np.ndarray) -> float:
+    """Largest ``|frequency - 1 / M|`` over ``M`` equally weighted modes (nearest mean)."""
+    counts = np.bincount(mode_assignments(draws, means), minlength=len(means))
+    return float(np.max(np.abs(counts / counts.sum() - 1.0 / len(means))))
+
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def max_quantile_error(draws: np.ndarray, exact: np.ndarray, dims) -> float:
+    """Largest ``|quantile(draws) - quantile(exact)|`` over ``QUANTILES`` and ``dims``."""
+    draws, exact = np.asarray(draws)[:, list(dims)], np.asarray(exact)[:, list(dims)]
+    difference = np.quantile(draws, QUANTILES, axis=0) - np.quantile(
+        exact, QUANTILES, axis=0
+    )
+    return float(np.max(np.abs(difference)))
 
 
 def log_z_error(estimate: float, exact: float) -> float:

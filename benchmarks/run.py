@@ -19,6 +19,7 @@ needs ``--posteriordb``) and ``all``.  Writes ``results.json`` (raw figures),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -110,6 +111,14 @@ def evaluate(
     if exact is not None:
         x = run.samples["x"]
         result["num_draws"] = len(x)
+        if target.mode_means is not None:
+            result["mode_weight_error"] = metrics.max_mode_weight_error(
+                x, target.mode_means
+            )
+        if target.quantile_dims:
+            result["quantile_error"] = metrics.max_quantile_error(
+                x, exact[: len(x)], target.quantile_dims
+            )
         result["sinkhorn"], result["sinkhorn_converged"] = metrics.sinkhorn_cost(
             x, exact[: len(x)]
         )
@@ -266,9 +275,12 @@ def main(argv=None) -> None:
         sys.argv[1:] if argv is None else argv
     )
     targets = load_targets(args.suite, args.posteriordb, args.targets)
+    budget = dataclasses.replace(
+        BUDGETS[args.budget], checkpoint_dir=os.path.join(out, "checkpoints")
+    )
     results = run_suite(
         args.suite,
-        BUDGETS[args.budget],
+        budget,
         targets,
         methods,
         out,

@@ -68,7 +68,10 @@ class BenchmarkTarget:
         dim: number of unconstrained dimensions.
         log_z: exact log normalising constant of the factor-encoded density, or None.
         exact_sampler: ``(rng_key, n) -> (n, dim)`` exact draws of site ``x``, or None.
-        mode_means: ``(M, dim)`` component means for mode coverage, or None.
+        mode_means: ``(M, dim)`` means of equally weighted components, for mode
+            coverage and mode weights, or None.
+        quantile_dims: coordinates of site ``x`` whose quantiles are compared with
+            the exact draws' (e.g. the funnel's neck coordinate).
         reference: flat Stan-style reference draws (``name[i]`` -> draws), or None.
         description: one line for the tables.
     """
@@ -80,6 +83,7 @@ class BenchmarkTarget:
     log_z: float | None = None
     exact_sampler: Callable | None = None
     mode_means: np.ndarray | None = None
+    quantile_dims: tuple[int, ...] = ()
     reference: dict | None = None
     description: str = ""
     paper: dict = field(default_factory=dict)
@@ -280,6 +284,7 @@ def _funnel() -> BenchmarkTarget:
         dim=dim,
         log_z=0.0,
         exact_sampler=sample,
+        quantile_dims=(0,),
         description="10-D Neal's funnel, x0 ~ N(0, 9)",
         paper=PAPER_TABLE_1["funnel"],
     )

@@ -7,7 +7,9 @@ iteration (Jutras-Dube et al. 2025, "Single-Step Consistent Diffusion Samplers")
    with step size ``1 / N`` (:func:`numpyro_cds.diffusion.log_variance_loss`);
 2. the self-consistency loss: from a state on those paths, one probability-flow Euler
    step of size ``d`` must land where two steps of size ``d / 2`` of an EMA teacher
-   land, for ``d`` in ``{2, 4, ..., N} / N`` and times that are multiples of ``d``.
+   land, for ``d`` in ``{2, 4, ..., N} / N`` and times that are multiples of ``d``;
+   optionally (``volume_weight > 0``, OSDS's volume consistency) the big step's
+   log-volume change must also match the sum of the two half steps'.
 
 Each loss takes its own optimiser update (the two share one optimiser state), then the
 EMA weights are updated.  Samples come from ``k`` probability-flow Euler steps with the
@@ -28,15 +30,15 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .diffusion import (
-    control,
     log_variance_loss,
     sample_prior,
     simulate_paths,
     target_score_fn,
 )
-from .flow import run_flow
+from .flow import exact_log_abs_det, flow_step_fn, run_flow
 from .networks import ControlNetwork
-from .sde import AbstractSchedule, LinearSchedule, probability_flow_step
+from .path_weights import run_sde
+from .sde import AbstractSchedule, LinearSchedule
 
 __all__ = [
     "ConsistencyConfig",
@@ -62,6 +64,10 @@ class ConsistencyConfig:
         width: hidden width of the control network.
         depth: hidden layers of the control network.
         consistency_weight: weight of the self-consistency loss.
+        volume_weight: weight of the volume-consistency loss (see
+            :func:`self_consistency_loss`); 0 leaves it out.  It costs ``dim``
+            forward-mode passes per probability-flow step, like the exact importance
+            weights.
         initial_clip: element-wise clip of control terms at the start of training.
         clip_growth: factor applied to the clip at each of ``clip_milestones``.
         clip_milestones: iterations at which the clip grows.
@@ -79,6 +85,7 @@ class ConsistencyConfig:
     width: int = 64
     depth: int = 2
     consistency_weight: float = 1.0
+    volume_weight: float = 0.0
     initial_clip: float = 10.0
     clip_growth: float = 5.0
     clip_milestones: tuple[int, ...] = (200, 400)
@@ -103,8 +110,12 @@ class ConsistencyConfig:
         for name in positive + ("sampling_prior_bound",):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-        if not 0.0 <= self.consistency_weight:
-            raise ValueError("consistency_weight must be non-negative.")
+        for name in ("consistency_weight", "volume_weight"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(
+                    f"{name} must be non-negative (0 leaves the term out), got "
+                    f"{getattr(self, name)}."
+                )
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}.")
 
@@ -124,10 +135,19 @@ class SCDSState(NamedTuple):
 
 
 class SCDSInfo(NamedTuple):
-    """Per-iteration diagnostics."""
+    """Per-iteration diagnostics.
+
+    Attributes:
+        diffusion_loss: the log-variance loss.
+        consistency_loss: the self-consistency loss of the states.
+        volume_loss: the volume-consistency loss; NaN when ``volume_weight`` is 0
+            (not computed).
+        kept_fraction: fraction of paths that entered the log-variance loss.
+    """
 
     diffusion_loss: Array
     consistency_loss: Array
+    volume_loss: Array
     kept_fraction: Array
 
 
@@ -148,14 +168,44 @@ def self_consistency_loss(
     states: Float[Array, "num_steps batch dim"],
     target_scores: Float[Array, "num_steps batch dim"],
     clip: Float[Array, ""],
-) -> Float[Array, ""]:
+    *,
+    volume: bool = False,
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """One big probability-flow step against two half steps of the teacher.
 
     For each path, a big step ``2**j / N`` (``j`` uniform in ``1..log2 N``) and a start
     time on the multiples of that step are drawn; the state at that time is the start.
 
+    With ``volume``, the big step's log-volume change must also match the sum of the
+    teacher's two (OSDS's volume consistency).  A step's log-volume change is the
+    exact ``log |det J|`` of the Euler map ``x -> x + dt b(x)``, computed by
+    :func:`~numpyro_cds.flow.exact_log_abs_det` of
+    :func:`~numpyro_cds.flow.flow_step_fn`: the very quantity that the k-step flow's
+    importance weights use, with the Jacobian of the actual drift, including the
+    target's Hessian that enters through the control's Langevin input (OSDS stops
+    that gradient and so matches the divergence of another drift).  It is exact rather
+    than OSDS's first-order ``dt tr(db/dx)``, because the first-order term is blind to
+    the discretisation error that the few-step weights pay for: for a linear drift
+    ``b = a x`` one step of size ``d`` and two of size ``d / 2`` have the same
+    first-order increment ``d a dim``, while their log-volume changes
+    ``dim log|1 + d a|`` and ``2 dim log|1 + d a / 2|`` differ.  It costs ``dim``
+    forward-mode passes per step, as the weights do.
+
+    Args:
+        rng_key: key of the big steps and start times.
+        network: the student, trained.
+        teacher: the teacher (EMA weights), not differentiated.
+        schedule: the noise schedule.
+        score_fn: ``grad log rho`` of one state.
+        states: states of the training paths.
+        target_scores: ``grad log rho`` at those states.
+        clip: element-wise clip of the control's parts.
+        volume: also compute the volume-consistency loss.
+
     Returns:
-        ``mean((x_teacher - x_student)**2) / dim``.
+        ``(state_loss, volume_loss)``: ``mean((x_teacher - x_student)**2) / dim`` and
+        ``mean((log_volume_teacher - log_volume_student)**2) / dim**2`` (NaN without
+        ``volume``).
     """
     num_steps, batch, dim = states.shape
     log2_steps = int(math.log2(num_steps))
@@ -169,19 +219,28 @@ def self_consistency_loss(
     d = big / num_steps
     half = 0.5 * d
 
-    def teacher_steps(x, t, half, score):
-        u = control(teacher, schedule, x, t, half, score, clip)
-        mid = probability_flow_step(schedule, x, t, half, u)
-        u = control(teacher, schedule, mid, t + half, half, score_fn(mid), clip)
-        return probability_flow_step(schedule, mid, t + half, half, u)
+    def step(network, x, score, t, dt):
+        # The new state reuses the score at x; the log-determinant differentiates the
+        # step as a function of x, score included.
+        x_next = flow_step_fn(network, schedule, lambda _: score, t, dt, clip)(x)
+        if not volume:
+            return x_next, jnp.nan
+        as_function = flow_step_fn(network, schedule, score_fn, t, dt, clip)
+        return x_next, exact_log_abs_det(as_function, x)[0]
 
-    def student_step(x, t, d, score):
-        u = control(network, schedule, x, t, d, score, clip)
-        return probability_flow_step(schedule, x, t, d, u)
+    def teacher_steps(x, score, t, half):
+        mid, first = step(teacher, x, score, t, half)
+        goal, second = step(teacher, mid, score_fn(mid), t + half, half)
+        return goal, first + second
 
-    goal = jax.lax.stop_gradient(jax.vmap(teacher_steps)(x, t, half, score))
-    prediction = jax.vmap(student_step)(x, t, d, score)
-    return jnp.mean((goal - prediction) ** 2) / dim
+    goal, goal_volume = jax.lax.stop_gradient(
+        jax.vmap(teacher_steps)(x, score, t, half)
+    )
+    prediction, prediction_volume = jax.vmap(lambda *a: step(network, *a))(
+        x, score, t, d
+    )
+    state_loss = jnp.mean((goal - prediction) ** 2) / dim
+    return state_loss, jnp.mean((goal_volume - prediction_volume) ** 2) / dim**2
 
 
 def consistency_sampler(
@@ -206,7 +265,10 @@ def consistency_sampler(
         log_density=None)`` returning an array of shape ``(num_samples, dim)``, or
         with ``log_density="exact"`` or ``"stochastic"`` a
         :class:`~numpyro_cds.flow.FlowDraws` that also holds each draw's log density
-        under the k-step flow (with that kind of log-determinant).
+        under the k-step flow (with that kind of log-determinant), or with
+        ``log_density="path"`` a :class:`~numpyro_cds.path_weights.PathDraws` of
+        ``num_steps`` Euler-Maruyama steps of the SDE instead, with each path's log
+        density ratio (:func:`~numpyro_cds.path_weights.run_sde`).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -269,8 +331,10 @@ def consistency_sampler(
         params, opt_state = update(state.params, state.opt_state, grads)
         teacher = eqx.combine(state.ema_params, static)
 
+        volume = config.volume_weight > 0
+
         def consistency_objective(params):
-            loss = self_consistency_loss(
+            state_loss, volume_loss = self_consistency_loss(
                 consistency_key,
                 eqx.combine(params, static),
                 teacher,
@@ -279,10 +343,14 @@ def consistency_sampler(
                 paths.states,
                 paths.target_scores,
                 clip,
+                volume=volume,
             )
-            return config.consistency_weight * loss, loss
+            objective = config.consistency_weight * state_loss
+            if volume:
+                objective = objective + config.volume_weight * volume_loss
+            return objective, (state_loss, volume_loss)
 
-        (_, consistency_loss), grads = jax.value_and_grad(
+        (_, (consistency_loss, volume_loss)), grads = jax.value_and_grad(
             consistency_objective, has_aux=True
         )(params)
         params, opt_state = update(params, opt_state, grads)
@@ -293,12 +361,18 @@ def consistency_sampler(
             lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params
         )
         new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
-        return new_state, SCDSInfo(diffusion_loss, consistency_loss, kept)
+        info = SCDSInfo(diffusion_loss, consistency_loss, volume_loss, kept)
+        return new_state, info
 
     def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
         if not _is_power_of_two(num_steps):
             raise ValueError(
                 f"num_steps must be a power of two (1, 2, 4, ...), got {num_steps!r}."
+            )
+        if log_density not in (None, "exact", "stochastic", "path"):
+            raise ValueError(
+                "log_density must be None, 'exact', 'stochastic' or 'path'; got "
+                f"{log_density!r}."
             )
         network = eqx.combine(params, static)
         clip = config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max))
@@ -306,6 +380,11 @@ def consistency_sampler(
         x0 = sample_prior(rng_key, (num_samples, dim), bound)
         if log_density is None:
             return run_flow(network, schedule, score_fn, x0, num_steps, clip).x
+        if log_density == "path":
+            noise_key = jax.random.fold_in(rng_key, 1)
+            return run_sde(
+                noise_key, network, schedule, score_fn, x0, num_steps, clip, bound
+            )
         return run_flow(
             network,
             schedule,

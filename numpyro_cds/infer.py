@@ -47,6 +47,7 @@ __all__ = ["CDSInference", "UnreliableDrawsWarning", "EXACT_LOG_DET_MAX_DIM"]
 EXACT_LOG_DET_MAX_DIM = 200
 
 _CORRECTIONS = (None, "resample", "mcmc")
+_SAMPLINGS = ("flow", "sde")
 
 
 class UnreliableDrawsWarning(UserWarning):
@@ -116,7 +117,13 @@ class CDSInference(MCMC):
         num_samples: draws per chain.
         num_chains: number of "chains"; draws are independent, grouped as
             ``(num_chains, num_samples)`` like MCMC output.
-        num_steps: probability-flow steps per draw (1, 2, 4, ..., ``num_sde_steps``).
+        num_steps: steps per draw (1, 2, 4, ..., ``num_sde_steps``).
+        sampling: ``"flow"`` (``num_steps`` deterministic probability-flow Euler
+            steps; change-of-variables weights) or ``"sde"`` (``num_steps``
+            Euler-Maruyama steps of the controlled SDE with the same network;
+            Euler-Maruyama path weights, valid at every step count but with
+            ``Var(log w)`` of about ``0.29 dim 64 / num_steps`` even for a perfect
+            control, so informative only at many steps; see :doc:`/weights`).
         num_train_steps: training iterations.
         batch_size: paths per training iteration.
         num_sde_steps: Euler-Maruyama steps of the training paths (power of 2).
@@ -132,17 +139,30 @@ class CDSInference(MCMC):
             with the same model and settings resumes from it instead of starting over.
             With the same ``rng_key`` the result equals an uninterrupted run.
         progress_bar: show a tqdm progress bar with the loss during training.
-        correction: ``None`` (the sampler's draws as they are), ``"resample"``
-            (PSIS-weighted importance resampling of the draws to equally weighted
-            draws) or ``"mcmc"`` (resample-move: the resampling, then
-            ``correction_steps`` MALA steps per draw, vectorised, with a step size
-            adapted over the population in the first half; acceptance and gradient
-            evaluations in ``cds.correction_info``).
-        correction_steps: MALA steps per draw with ``correction="mcmc"``.
+        correction: what ``run`` does with the draws.  ``"mcmc"`` (default;
+            resample-move: PSIS-weighted resampling, then ``correction_steps`` MALA
+            steps per draw, vectorised, preconditioned by the population's sd, each
+            chain's step size adapted in the first half; acceptance and gradient
+            evaluations in ``cds.correction_info``; see
+            :func:`~numpyro_cds.mcmc.mala_move`), ``"resample"`` (the resampling
+            only) or ``None`` (the sampler's draws as they are, ``num_steps``
+            network evaluations each).  The default gave the lowest error on the
+            benchmark suites for a few percent more time than training
+            (``BENCHMARKS.md``, "Default correction").  :meth:`sample` always
+            returns uncorrected draws.
+        correction_steps: MALA steps per draw with ``correction="mcmc"``.  Funnels
+            need many (centred eight schools: about 1000); a posterior the sampler
+            already matches needs few.
+        correction_pool: with a correction, ``correction_pool`` times as many draws
+            are made and resampled down to ``num_chains * num_samples``: a larger
+            pool makes the resampling less biased and holds more distinct draws
+            (the weight summary and :meth:`log_evidence` then use the whole pool).
 
     Every draw carries the importance log weight ``log rho(x) - log q(x)`` of the
     k-step flow as the extra field ``log_weight`` (exact log-determinants up to
-    ``EXACT_LOG_DET_MAX_DIM`` dimensions, unbiased stochastic ones above); from them
+    ``EXACT_LOG_DET_MAX_DIM`` dimensions, unbiased stochastic ones above), or with
+    ``sampling="sde"`` the Euler-Maruyama path weight
+    (:mod:`numpyro_cds.path_weights`); from them
     come :meth:`log_evidence`, the ESS and the Pareto k-hat shown by
     :meth:`print_summary`.  A k-hat above 0.7 raises an
     :class:`UnreliableDrawsWarning`.
@@ -165,6 +185,7 @@ class CDSInference(MCMC):
         num_samples: int = 1000,
         num_chains: int = 1,
         num_steps: int = 1,
+        sampling: str = "flow",
         num_train_steps: int = 8000,
         batch_size: int | None = None,
         num_sde_steps: int | None = None,
@@ -174,8 +195,9 @@ class CDSInference(MCMC):
         chunk_size: int = 50,
         checkpoint: str | os.PathLike | None = None,
         progress_bar: bool = True,
-        correction: str | None = None,
-        correction_steps: int = 100,
+        correction: str | None = "mcmc",
+        correction_steps: int = 1000,
+        correction_pool: int = 4,
     ):
         if not callable(model):
             raise TypeError(f"model must be a callable NumPyro model, got {model!r}.")
@@ -196,6 +218,12 @@ class CDSInference(MCMC):
             chunk_size=chunk_size,
         )
         self.num_steps = self._check_num_steps(num_steps)
+        if sampling not in _SAMPLINGS:
+            raise ValueError(
+                "sampling must be 'flow' (probability-flow steps) or 'sde' "
+                f"(Euler-Maruyama steps with path weights); got {sampling!r}."
+            )
+        self.sampling = sampling
         if not (
             whitening is None
             or whitening == "auto"
@@ -212,6 +240,7 @@ class CDSInference(MCMC):
             )
         self.correction = correction
         self.correction_steps = _check_count("correction_steps", correction_steps)
+        self.correction_pool = _check_count("correction_pool", correction_pool)
         self.correction_info: dict = {}
         self.weights_summary: ImportanceSummary | None = None
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
@@ -275,6 +304,9 @@ class CDSInference(MCMC):
         self._sample_fns = {}
         self.training_losses = history
         self.timings = {"whitening": time.perf_counter() - start, "training": 0.0}
+        if restored is not None:
+            # Seconds spent before the checkpoint was written, in earlier processes.
+            self.timings.update(restored.get("timings", {}))
         self._args, self._kwargs = args, kwargs
 
     def _read_checkpoint(self, dim: int) -> dict | None:
@@ -311,6 +343,7 @@ class CDSInference(MCMC):
             "state": jax.device_get(self._state),
             "whitening": jax.device_get(self._setup["whitening"]),
             "losses": self.training_losses,
+            "timings": dict(self.timings),
         }
         temporary = self.checkpoint + ".tmp"
         with open(temporary, "wb") as f:
@@ -358,15 +391,17 @@ class CDSInference(MCMC):
             return
         setup = self._setup
         history = self.training_losses
+        trained_before = self.timings["training"]
+        start = time.perf_counter()
 
         def keep(state, info):
             self._state = state
+            self.timings["training"] = trained_before + time.perf_counter() - start
             for name, values in info._asdict().items():
                 history[name] = np.concatenate([history.get(name, []), values])
             if self.checkpoint is not None:
                 self._write_checkpoint()
 
-        start = time.perf_counter()
         try:
             fit(
                 setup["train_key"],
@@ -385,7 +420,7 @@ class CDSInference(MCMC):
             )
             raise
         finally:
-            self.timings["training"] += time.perf_counter() - start
+            self.timings["training"] = trained_before + time.perf_counter() - start
 
     # ----------------------------------------------------------------- sampling
     @property
@@ -398,9 +433,12 @@ class CDSInference(MCMC):
 
         Returns:
             ``(xs, lp, log_weight, step_signs)``; the last two are None without
-            weights.
+            weights.  SDE draws always come with their weights (they cost nothing
+            extra) and never with step signs.
         """
-        cache_key = (num_samples, num_steps, weights, self.log_det_method)
+        kind = "path" if self.sampling == "sde" else self.log_det_method
+        weights = weights or kind == "path"
+        cache_key = (num_samples, num_steps, weights, kind)
         fn = self._sample_fns.get(cache_key)
         if fn is None:
             setup = self._setup
@@ -412,13 +450,14 @@ class CDSInference(MCMC):
                     z = algorithm.sample(key, params, static, num_samples, num_steps)
                     x = whitening.unwhiten(z)
                     return x, jax.vmap(target.logdensity_fn)(x), None, None
-                flow = algorithm.sample(
-                    key, params, static, num_samples, num_steps, self.log_det_method
+                draws = algorithm.sample(
+                    key, params, static, num_samples, num_steps, kind
                 )
-                x = whitening.unwhiten(flow.x)
+                x = whitening.unwhiten(draws.x)
                 lp = jax.vmap(target.logdensity_fn)(x)
-                log_q = flow.log_density - whitening.log_det
-                return x, lp, lp - log_q, flow.step_signs
+                log_q = draws.log_density - whitening.log_det
+                signs = None if kind == "path" else draws.step_signs
+                return x, lp, lp - log_q, signs
 
             fn = self._sample_fns[cache_key] = jax.jit(draw)
         return fn(rng_key, self._state.ema_params)
@@ -435,17 +474,23 @@ class CDSInference(MCMC):
     ):
         """Draw more samples from the trained sampler, without retraining.
 
+        The draws are the sampler's own (``num_steps`` network evaluations each), not
+        corrected: weight them with ``log_weights=True`` or use :meth:`run`, which
+        applies ``correction``.
+
         Args:
             rng_key: PRNG key.
             num_samples: number of draws.
-            num_steps: probability-flow steps per draw (default: ``self.num_steps``).
+            num_steps: steps per draw (default: ``self.num_steps``), probability-flow
+                or Euler-Maruyama steps as set by ``sampling``.
             log_weights: also return each draw's importance log weight (see
-                :attr:`log_det_method`).
+                :attr:`log_det_method`; with ``sampling="sde"`` the path weight).
 
         Returns:
             Dict of constrained latent and deterministic sites, leading axis
             ``num_samples``; with ``log_weights=True``, the pair ``(samples,
-            log_weights)``.
+            log_weights)``, where a draw whose model log density is NaN gets weight
+            zero (log weight ``-inf``), with an :class:`UnreliableDrawsWarning`.
         """
         self._require_trained()
         num_samples = _check_count("num_samples", num_samples)
@@ -456,7 +501,9 @@ class CDSInference(MCMC):
             _as_key(rng_key), num_samples, num_steps, log_weights
         )
         samples = self._constrain(xs)
-        return (samples, weights) if log_weights else samples
+        if not log_weights:
+            return samples
+        return samples, self._checked_log_weights(weights)
 
     def _require_trained(self):
         if not self.is_trained:
@@ -478,8 +525,9 @@ class CDSInference(MCMC):
         start = time.perf_counter()
         draw_key, resample_key, move_key = jax.random.split(draw_key, 3)
         total = self.num_chains * self.num_samples
+        pool = total * (1 if self.correction is None else self.correction_pool)
         xs, lp, log_weight, signs = self._draw_flat(
-            draw_key, total, self.num_steps, True
+            draw_key, pool, self.num_steps, True
         )
         log_weight = self._checked_log_weights(log_weight)
         self.weights_summary = summarize_weights(log_weight)
@@ -487,7 +535,7 @@ class CDSInference(MCMC):
         extra = {
             "lp": lp,
             "log_weight": log_weight,
-            "diverging": jnp.zeros(total, bool),
+            "diverging": jnp.zeros(pool, bool),
         }
         if self.correction is not None:
             index = psis_resample(resample_key, log_weight, total)
@@ -520,7 +568,7 @@ class CDSInference(MCMC):
         xs, lp, info = move(rng_key, xs)
         self.correction_info = {
             "acceptance_rate": float(info.acceptance_rate),
-            "step_size": float(info.step_size),
+            "step_size": float(jnp.median(info.step_size)),
             "gradient_evaluations": int(info.gradient_evaluations),
         }
         return xs, lp
@@ -538,18 +586,30 @@ class CDSInference(MCMC):
             )
         return jnp.where(nan, -jnp.inf, log_weight)
 
+    def _draws_description(self) -> str:
+        kind = "Euler-Maruyama" if self.sampling == "sde" else "probability-flow"
+        return f"{self.num_steps}-step {kind} draws"
+
     def _warn_if_unreliable(self, step_signs) -> None:
         summary = self.weights_summary
         if summary.pareto_k > KHAT_THRESHOLD:
+            advice = (
+                "raise correction_steps: the corrected draws depend on the MCMC "
+                "moves to fix what the sampler misses"
+                if self.correction == "mcmc"
+                else "use correction='mcmc'"
+            )
             warnings.warn(
                 f"Pareto k-hat of the importance weights is {summary.pareto_k:.2f} > "
-                f"{KHAT_THRESHOLD}: the {self.num_steps}-step draws and the log Z "
+                f"{KHAT_THRESHOLD}: the {self._draws_description()} and the log Z "
                 "estimate are not reliable. Train longer (num_train_steps), draw with "
-                "more steps (num_steps), or use correction='resample'.",
+                f"more steps (num_steps), or {advice}.",
                 UnreliableDrawsWarning,
                 stacklevel=3,
             )
-        folds = [] if self.log_det_method == "stochastic" else folded_steps(step_signs)
+        # Path weights are exact whatever the steps do; flow weights need invertibility.
+        exact_flow = self.sampling == "flow" and self.log_det_method == "exact"
+        folds = folded_steps(step_signs) if exact_flow else []
         if folds:
             warnings.warn(
                 f"Flow steps {folds} of {self.num_steps} fold space (their Jacobian "
@@ -599,13 +659,17 @@ class CDSInference(MCMC):
         print(
             f"CDS: {int(self._state.iteration)} training iterations "
             f"({self.timings.get('training', 0.0):.1f} s), final diffusion loss "
-            f"{np.nanmean(tail):.4g}; {self.num_steps}-step draws."
+            f"{np.nanmean(tail):.4g}; {self._draws_description()}."
         )
         summary = self.weights_summary
         verdict = "unreliable" if summary.pareto_k > KHAT_THRESHOLD else "ok"
+        kind = (
+            "Euler-Maruyama path weights"
+            if self.sampling == "sde"
+            else f"{self.log_det_method} log-determinants"
+        )
         print(
-            f"Importance weights ({summary.num_draws} draws, {self.log_det_method} "
-            "log-determinants): log Z = "
+            f"Importance weights ({summary.num_draws} draws, {kind}): log Z = "
             f"{summary.log_evidence:.4f} +- {summary.standard_error:.4f}, ELBO "
             f"{summary.elbo:.4f}, ESS {summary.ess:.3f}, Pareto k-hat "
             f"{summary.pareto_k:.2f} ({verdict})"

@@ -2,10 +2,14 @@
 
 After importance resampling has fixed the relative mass of the modes, every draw is
 moved by a short Metropolis-adjusted Langevin chain that leaves the target invariant,
-which removes the remaining local bias.  The chains run side by side (``vmap``); they
-share one step size, adapted from the population's mean acceptance rate, and one
-diagonal preconditioner, the population's standard deviation per coordinate.  Moves
-after the adaptation use a fixed kernel, so the target stays invariant.
+which removes the remaining local bias.  The chains run side by side (``vmap``) with
+one diagonal preconditioner, the population's standard deviation per coordinate.
+Each chain adapts its own step size during the first phase (a draw in the narrow
+neck of a funnel needs a far smaller step than one in its mouth); afterwards the
+step sizes are fixed.  Every proposal also scales its chain's step size by a random
+factor drawn independently of the state, so that chains can still move where the
+local scale is far smaller than their step; such a state-independent mixture of MALA
+kernels leaves the target invariant as each of them does.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ class MALAInfo(NamedTuple):
 
     Attributes:
         acceptance_rate: mean acceptance rate of the moves after adaptation.
-        step_size: the adapted step size (in units of the population's sd).
+        step_size: the chains' adapted step sizes (in units of the population's
+            sd), before the random factor.
         gradient_evaluations: target-gradient evaluations in all (every chain).
     """
 
@@ -53,24 +58,30 @@ def mala_move(
     num_steps: int = 50,
     target_acceptance: float = 0.574,
     min_scale: float = 1e-2,
+    step_size_jitter: float = 3.0,
 ) -> tuple[Float[Array, "num_chains dim"], MALAInfo]:
     """Move each position by ``num_adapt + num_steps`` preconditioned MALA steps.
 
     Proposal: ``x' = x + h^2 / 2 S^2 grad log p(x) + h S xi`` with ``S`` the population
-    sd per coordinate; accepted with the Metropolis-Hastings probability.  During the
-    first ``num_adapt`` steps ``log h`` follows the Robbins-Monro update
-    ``log h += (acceptance - target) / (i + 1)^0.6``; afterwards ``h`` is fixed.
+    sd per coordinate and ``h = h_i exp(-step_size_jitter U)``, ``U ~ U(0, 1)`` drawn
+    afresh for every chain and step; accepted with the Metropolis-Hastings
+    probability.  During the first ``num_adapt`` steps each chain's ``log h_i``
+    follows the Robbins-Monro update ``log h_i += (a_i - target) / (j + 1)^0.6``
+    with ``a_i`` its acceptance probability at step ``j``; afterwards ``h_i`` is
+    fixed.
 
     Args:
         rng_key: PRNG key.
         logdensity_fn: log density of one position (up to a constant).
         positions: starting points, one chain each.
-        num_adapt: steps that adapt the step size.
-        num_steps: steps with the adapted, fixed step size.
+        num_adapt: steps that adapt the step sizes.
+        num_steps: steps with the adapted, fixed step sizes.
         target_acceptance: acceptance rate the adaptation aims for (0.574 is
             optimal for MALA).
         min_scale: floor of the preconditioner (a resampled population can repeat
             draws, so its sd can collapse).
+        step_size_jitter: range of the log of the random step-size factor (0 for
+            none).
 
     Returns:
         ``(positions, info)`` after all steps.
@@ -97,8 +108,9 @@ def mala_move(
     def step(carry, inputs):
         x, logp, grad, log_h = carry
         key, index = inputs
-        noise_key, accept_key = jax.random.split(key)
-        h = jnp.exp(log_h)
+        noise_key, jitter_key, accept_key = jax.random.split(key, 3)
+        jitter = jax.random.uniform(jitter_key, (num_chains,))
+        h = jnp.exp(log_h - step_size_jitter * jitter)[:, None]
         noise = jax.random.normal(noise_key, x.shape)
         proposal = x + 0.5 * h**2 * scale**2 * grad + h * scale * noise
         logp_new, grad_new = value_and_grad(proposal)
@@ -114,13 +126,14 @@ def mala_move(
         x = jnp.where(accept[:, None], proposal, x)
         logp = jnp.where(accept, logp_new, logp)
         grad = jnp.where(accept[:, None], grad_new, grad)
-        rate = jnp.mean(accept_prob)
         adapting = index < num_adapt
-        log_h = log_h + adapting * (rate - target_acceptance) / (index + 1.0) ** 0.6
-        return (x, logp, grad, log_h), rate
+        log_h = (
+            log_h + adapting * (accept_prob - target_acceptance) / (index + 1.0) ** 0.6
+        )
+        return (x, logp, grad, log_h), jnp.mean(accept_prob)
 
     logp, grad = value_and_grad(positions)
-    log_h0 = jnp.log(1.0 / dim ** (1.0 / 6.0))
+    log_h0 = jnp.full((num_chains,), jnp.log(1.0 / dim ** (1.0 / 6.0)))
     total = num_adapt + num_steps
     keys = jax.random.split(rng_key, total)
     (x, _, _, log_h), rates = jax.lax.scan(

@@ -1,18 +1,23 @@
 """An affine map to a whitened space, fitted before training.
 
-The diffusion's prior is ``N(0, I)``, so the sampler works on ``z = (x - loc) / scale``.
-The whitened log density is ``log rho(loc + scale * z) + sum(log scale)``: the map's
-log-determinant is part of the sampler's density, so importance weights and evidence
-estimates stay exact.
+The diffusion's prior is ``N(0, I)``, so the sampler works on ``z = S^-1 (x - loc)``,
+with ``S`` a per-coordinate scale (mean field) or a lower-triangular Cholesky factor
+(full rank).  The whitened log density is ``log rho(loc + S z) + log|det S|``: the
+map's log-determinant is part of the sampler's density, so importance weights and
+evidence estimates stay exact.
 
-``"auto"`` fits mean-field Gaussian variational approximations from several dispersed
-starting points at once and moment-matches their mixture (weighted by their ELBOs).
-On a unimodal posterior every start finds the same Gaussian; on a multimodal one the
+``"auto"`` fits Gaussian variational approximations from several dispersed starting
+points at once and moment-matches their mixture (weighted by their ELBOs).  On a
+unimodal posterior every start finds the same Gaussian; on a multimodal one the
 starts land in different modes and the mixture spans them, so the whitening does not
 collapse onto one mode.  The starts are NumPyro's initial points, also scaled by 10 and
 100, so that modes far from the initial box are reached.  The fits take natural-gradient
-(Newton-like) steps, which are invariant to the scale of each coordinate, so a posterior
-with sd 2e4 next to one with sd 1e-3 is fitted as easily as a standard normal.
+(Newton-like) steps, which are invariant to affine reparameterisation (full rank) or to
+the scale of each coordinate (mean field), so a posterior with sd 2e4 next to one with
+sd 1e-3, or with correlations of 0.999, is fitted as easily as a standard normal.  Up
+to :attr:`WhiteningConfig.full_rank_max_dim` dimensions the Gaussians are full rank,
+so correlated posteriors (regressions with uncentred predictors) become isotropic;
+above it they are mean field.
 """
 
 from __future__ import annotations
@@ -30,37 +35,63 @@ __all__ = ["AffineWhitening", "WhiteningConfig", "fit_whitening", "whitening_fro
 
 
 class AffineWhitening(eqx.Module):
-    """The affine map ``x = loc + scale * z`` from whitened to unconstrained space.
+    """The affine map ``x = loc + S z`` from whitened to unconstrained space.
+
+    ``scale`` is either a vector (``S = diag(scale)``) or a lower-triangular matrix
+    with a positive diagonal (a Cholesky factor of the covariance).
 
     Example:
         >>> import jax.numpy as jnp
         >>> w = AffineWhitening(jnp.array([1.0, 2.0]), jnp.array([2.0, 0.5]))
         >>> w.unwhiten(jnp.zeros(2)).tolist(), float(w.log_det)
         ([1.0, 2.0], 0.0)
+        >>> full = AffineWhitening(jnp.zeros(2), jnp.array([[2.0, 0.0], [1.0, 0.5]]))
+        >>> full.unwhiten(jnp.array([1.0, 1.0])).tolist()
+        [2.0, 1.5]
     """
 
     loc: Float[Array, " dim"]
-    scale: Float[Array, " dim"]
+    scale: Float[Array, " dim"] | Float[Array, "dim dim"]
 
     def __check_init__(self):
-        if self.loc.shape != self.scale.shape or self.loc.ndim != 1:
+        dim = self.loc.shape[0] if self.loc.ndim == 1 else -1
+        if dim < 0 or self.scale.shape not in ((dim,), (dim, dim)):
             raise ValueError(
-                f"whitening loc and scale must be vectors of one shape, got "
-                f"{self.loc.shape} and {self.scale.shape}."
+                f"whitening loc must be a vector and scale a vector of its shape or a "
+                f"square matrix; got shapes {self.loc.shape} and {self.scale.shape}."
             )
 
     @property
+    def full_rank(self) -> bool:
+        """Whether ``scale`` is a Cholesky factor (else a per-coordinate scale)."""
+        return self.scale.ndim == 2
+
+    @property
+    def marginal_scale(self) -> Float[Array, " dim"]:
+        """Standard deviation per coordinate of ``loc + S z`` for ``z ~ N(0, I)``."""
+        if self.full_rank:
+            return jnp.sqrt(jnp.sum(self.scale**2, axis=1))
+        return self.scale
+
+    @property
     def log_det(self) -> Float[Array, ""]:
-        """``log |det|`` of the map from whitened to unconstrained space."""
-        return jnp.sum(jnp.log(self.scale))
+        """``log |det S|`` of the map from whitened to unconstrained space."""
+        diagonal = jnp.diagonal(self.scale) if self.full_rank else self.scale
+        return jnp.sum(jnp.log(diagonal))
 
     def unwhiten(self, z: Float[Array, "... dim"]) -> Float[Array, "... dim"]:
         """Whitened -> unconstrained."""
+        if self.full_rank:
+            return self.loc + z @ self.scale.T
         return self.loc + self.scale * z
 
     def whiten(self, x: Float[Array, "... dim"]) -> Float[Array, "... dim"]:
         """Unconstrained -> whitened."""
-        return (x - self.loc) / self.scale
+        if not self.full_rank:
+            return (x - self.loc) / self.scale
+        centred = (x - self.loc).reshape(-1, self.loc.shape[0])
+        z = jax.scipy.linalg.solve_triangular(self.scale, centred.T, lower=True).T
+        return z.reshape(x.shape)
 
     def whitened_logdensity(self, logdensity_fn: Callable) -> Callable:
         """Log density on the whitened space, including the log-determinant."""
@@ -74,7 +105,9 @@ class WhiteningConfig:
     Attributes:
         num_steps: natural-gradient steps of each variational fit.
         learning_rate: step fraction of each natural-gradient step, in (0, 1].
-        num_draws: Monte Carlo draws per step (antithetic pairs; even).
+        num_draws: Monte Carlo draws per step (antithetic pairs; even).  Full-rank
+            fits use at least ``2 * dim`` so that the curvature regression is
+            determined.
         start_spreads: the starting points are used as given and multiplied by each of
             these factors, so that modes far from NumPyro's initial box (``[-2, 2]`` in
             the unconstrained space) are found too.  Starts whose fit is not finite
@@ -82,6 +115,9 @@ class WhiteningConfig:
             negligible weight.
         max_elbo_gap: fits whose ELBO is more than this many nats below the best are
             left out of the mixture (they hold under ``exp(-gap)`` of its mass).
+        full_rank_max_dim: up to this many dimensions the Gaussians are full rank;
+            above it mean field (each full-rank step costs ``O(dim**3)``).  0 makes
+            every fit mean field.
     """
 
     num_steps: int = 500
@@ -89,22 +125,49 @@ class WhiteningConfig:
     num_draws: int = 64
     start_spreads: tuple[float, ...] = (1.0, 10.0, 100.0)
     max_elbo_gap: float = 3.0
+    full_rank_max_dim: int = 100
 
     def __post_init__(self):
         for name in ("num_steps", "num_draws"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not isinstance(self.full_rank_max_dim, int) or self.full_rank_max_dim < 0:
+            raise ValueError(
+                "full_rank_max_dim must be a non-negative integer, got "
+                f"{self.full_rank_max_dim!r}."
+            )
         if not 0 < self.learning_rate <= 1:
             raise ValueError("learning_rate must lie in (0, 1].")
         if self.num_draws % 2:
             raise ValueError("num_draws must be even (antithetic pairs).")
 
 
-def _elbo(logdensity_fn, mean, log_scale, noise):
-    draws = mean + jnp.exp(log_scale) * noise
-    log_densities = jax.vmap(logdensity_fn)(draws)
-    return jnp.mean(log_densities) + jnp.sum(log_scale)
+def _covariance(root):
+    """Covariance ``R R^T`` of ``mean + R eps`` (``R = diag(root)`` for a vector)."""
+    return root @ root.T if root.ndim == 2 else root**2
+
+
+def _covariance_times(root, vector):
+    """``R R^T v``."""
+    return root @ (root.T @ vector) if root.ndim == 2 else root**2 * vector
+
+
+def _cholesky(covariance):
+    """Cholesky factor computed from the correlation matrix, for badly scaled inputs."""
+    sd = jnp.sqrt(jnp.diagonal(covariance))
+    return sd[:, None] * jnp.linalg.cholesky(covariance / jnp.outer(sd, sd))
+
+
+def _draws(mean, root, noise):
+    return mean + (noise @ root.T if root.ndim == 2 else noise * root)
+
+
+def _elbo(logdensity_fn, mean, root, noise):
+    log_densities = jax.vmap(logdensity_fn)(_draws(mean, root, noise))
+    if root.ndim == 2:
+        return jnp.mean(log_densities) + jnp.linalg.slogdet(root)[1]
+    return jnp.mean(log_densities) + jnp.sum(jnp.log(root))
 
 
 def _curvature_precision(logdensity_fn, x):
@@ -116,58 +179,77 @@ def _curvature_precision(logdensity_fn, x):
     return jnp.clip(jnp.where(usable, -diagonal, 1.0), 1e-12, 1e12)
 
 
-def _fit_one(rng_key, logdensity_fn, init_position, config):
-    """Mean-field Gaussian VI by natural-gradient steps from one start.
+def _natural_root_update(root, grads, noise, rate):
+    """Root of the covariance after one natural-gradient step on the precision.
 
-    Each step estimates the expected gradient and, by Price's theorem
-    (``E[d2 log p / dx_i2] = E[g_i eps_i] / s_i``), the expected diagonal curvature
-    from antithetic draws, then moves ``precision`` a fraction ``learning_rate`` of the
-    way to that curvature and takes the damped Newton step ``learning_rate * E[g] /
-    precision`` on the mean.  The steps are
-    invariant to rescaling each coordinate.  The iterates of the last quarter are
-    averaged.
+    In the coordinates ``eps`` of the current Gaussian (``x = mean + R eps``) the
+    precision is ``I``; the expected curvature there, ``-R^T E[hess log p] R``, comes
+    from Stein's identity ``E[grad log p(x) eps^T] = E[hess log p] R``.  Full rank
+    estimates it by regressing the gradients on ``eps`` (exact for a Gaussian target
+    once there are more draws than dimensions); mean field by ``E[g_i eps_i]``.  The
+    new precision ``(1 - rate) I + rate * curvature`` (curvature floored at 1e-3 so it
+    stays positive definite) is mapped back to ``x``.
+    """
+    if root.ndim == 1:
+        curvature = -root * jnp.mean(grads * noise, 0)
+        return root * jax.lax.rsqrt((1 - rate) + rate * jnp.maximum(curvature, 1e-3))
+    hessian_times_root = jnp.linalg.solve(noise.T @ noise, noise.T @ grads).T
+    curvature = -root.T @ hessian_times_root
+    values, vectors = jnp.linalg.eigh(0.5 * (curvature + curvature.T))
+    precision = (1 - rate) + rate * jnp.maximum(values, 1e-3)
+    return root @ (vectors * jax.lax.rsqrt(precision))
+
+
+def _fit_one(rng_key, logdensity_fn, init_position, config, full_rank):
+    """Gaussian VI by natural-gradient steps from one start.
+
+    Each step draws antithetic pairs from the current Gaussian, updates the
+    covariance root by :func:`_natural_root_update` and takes the damped Newton step
+    ``learning_rate * Sigma E[grad log p]`` on the mean.  The covariances and means of
+    the last quarter of the steps are averaged.
 
     Returns:
-        Mean, log scale and an ELBO estimate.
+        Mean, covariance (a vector of variances for mean field) and an ELBO estimate.
     """
     grad_fn = jax.vmap(jax.grad(logdensity_fn))
     dim = init_position.shape[0]
     rate = config.learning_rate
+    num_draws = max(config.num_draws, 2 * dim) if full_rank else config.num_draws
     num_average = max(1, config.num_steps // 4)
 
     def step(carry, inputs):
-        mean, precision, mean_sum, precision_sum = carry
+        mean, root, mean_sum, covariance_sum = carry
         key, index = inputs
-        half = jax.random.normal(key, (config.num_draws // 2, dim))
+        half = jax.random.normal(key, (num_draws // 2, dim))
         noise = jnp.concatenate([half, -half])
-        scale = jax.lax.rsqrt(precision)
-        grads = grad_fn(mean + scale * noise)
+        grads = grad_fn(_draws(mean, root, noise))
         grads = jnp.nan_to_num(grads, nan=0.0, posinf=0.0, neginf=0.0)
-        curvature = -jnp.mean(grads * noise, 0) / scale
-        new_precision = (1 - rate) * precision + rate * jnp.maximum(
-            curvature, 1e-3 * precision
-        )
-        new_mean = mean + rate * jnp.mean(grads, 0) / new_precision
-        finite = jnp.all(jnp.isfinite(new_mean)) & jnp.all(
-            jnp.isfinite(new_precision) & (new_precision > 0)
-        )
+        new_root = _natural_root_update(root, grads, noise, rate)
+        new_mean = mean + rate * _covariance_times(new_root, jnp.mean(grads, 0))
+        finite = jnp.all(jnp.isfinite(new_mean)) & jnp.all(jnp.isfinite(new_root))
         mean = jnp.where(finite, new_mean, mean)
-        precision = jnp.where(finite, new_precision, precision)
+        root = jnp.where(finite, new_root, root)
+        covariance = _covariance(root)
         averaging = index >= config.num_steps - num_average
         mean_sum = mean_sum + jnp.where(averaging, mean, 0.0)
-        precision_sum = precision_sum + jnp.where(averaging, precision, 0.0)
-        return (mean, precision, mean_sum, precision_sum), None
+        covariance_sum = covariance_sum + jnp.where(averaging, covariance, 0.0)
+        return (mean, root, mean_sum, covariance_sum), None
 
     fit_key, elbo_key = jax.random.split(rng_key)
-    precision = _curvature_precision(logdensity_fn, init_position)
-    zeros = jnp.zeros_like(init_position)
-    carry = (init_position, precision, zeros, zeros)
+    root = jax.lax.rsqrt(_curvature_precision(logdensity_fn, init_position))
+    root = jnp.diag(root) if full_rank else root
+    carry = (
+        init_position,
+        root,
+        jnp.zeros_like(init_position),
+        0.0 * _covariance(root),
+    )
     inputs = (jax.random.split(fit_key, config.num_steps), jnp.arange(config.num_steps))
-    (_, _, mean_sum, precision_sum), _ = jax.lax.scan(step, carry, inputs)
-    mean = mean_sum / num_average
-    log_scale = -0.5 * jnp.log(precision_sum / num_average)
+    (_, _, mean_sum, covariance_sum), _ = jax.lax.scan(step, carry, inputs)
+    mean, covariance = mean_sum / num_average, covariance_sum / num_average
+    final_root = _cholesky(covariance) if full_rank else jnp.sqrt(covariance)
     noise = jax.random.normal(elbo_key, (4 * config.num_draws, dim))
-    return mean, log_scale, _elbo(logdensity_fn, mean, log_scale, noise)
+    return mean, covariance, _elbo(logdensity_fn, mean, final_root, noise)
 
 
 def fit_whitening(
@@ -176,7 +258,7 @@ def fit_whitening(
     init_positions: Float[Array, "num_starts dim"],
     config: WhiteningConfig | None = None,
 ) -> AffineWhitening:
-    """Fit the ``"auto"`` whitening: multi-start mean-field VI, mixture moment match.
+    """Fit the ``"auto"`` whitening: multi-start Gaussian VI, mixture moment match.
 
     Args:
         rng_key: PRNG key.
@@ -186,7 +268,8 @@ def fit_whitening(
         config: fit settings.
 
     Returns:
-        The fitted whitening.
+        The fitted whitening: full rank (a Cholesky factor) up to
+        ``config.full_rank_max_dim`` dimensions, else mean field.
 
     Raises:
         ValueError: no start gives a finite ELBO.
@@ -196,20 +279,25 @@ def fit_whitening(
         >>> logdensity = lambda x: -0.5 * jnp.sum(((x - 3.0) / 2.0) ** 2)
         >>> starts = jnp.zeros((2, 1))
         >>> w = fit_whitening(jax.random.key(0), logdensity, starts)
-        >>> bool(jnp.abs(w.loc - 3.0) < 0.3), bool(jnp.abs(w.scale - 2.0) < 0.3)
-        (True, True)
+        >>> bool(jnp.abs(w.loc - 3.0) < 0.3)
+        True
+        >>> bool(jnp.abs(w.marginal_scale - 2.0) < 0.3)
+        True
     """
     config = WhiteningConfig() if config is None else config
     init_positions = jnp.concatenate(
         [init_positions * factor for factor in config.start_spreads]
     )
+    full_rank = init_positions.shape[1] <= config.full_rank_max_dim
     keys = jax.random.split(rng_key, init_positions.shape[0])
-    fit = jax.jit(jax.vmap(lambda k, x0: _fit_one(k, logdensity_fn, x0, config)))
-    means, log_scales, elbos = fit(keys, init_positions)
+    fit = jax.jit(
+        jax.vmap(lambda k, x0: _fit_one(k, logdensity_fn, x0, config, full_rank))
+    )
+    means, covariances, elbos = fit(keys, init_positions)
     finite = np.array(
         jnp.isfinite(elbos)
         & jnp.all(jnp.isfinite(means), -1)
-        & jnp.all(jnp.isfinite(log_scales), -1)
+        & jnp.all(jnp.isfinite(covariances.reshape(len(elbos), -1)), -1)
     )
     if not finite.any():
         raise ValueError(
@@ -223,13 +311,17 @@ def fit_whitening(
     finite &= np.asarray(
         elbos >= jnp.max(jnp.where(finite, elbos, -jnp.inf)) - config.max_elbo_gap
     )
-    means, log_scales, elbos = means[finite], log_scales[finite], elbos[finite]
+    means, covariances, elbos = means[finite], covariances[finite], elbos[finite]
     weights = jax.nn.softmax(elbos)
-    loc = jnp.sum(weights[:, None] * means, 0)
-    within = jnp.sum(weights[:, None] * jnp.exp(2 * log_scales), 0)
-    between = jnp.sum(weights[:, None] * (means - loc) ** 2, 0)
-    scale = jnp.sqrt(within + between)
-    return AffineWhitening(loc, scale)
+    loc = jnp.einsum("k,ki->i", weights, means)
+    offsets = means - loc
+    if full_rank:
+        within = jnp.einsum("k,kij->ij", weights, covariances)
+        between = jnp.einsum("k,ki,kj->ij", weights, offsets, offsets)
+        return AffineWhitening(loc, _cholesky(within + between))
+    within = jnp.einsum("k,ki->i", weights, covariances)
+    between = jnp.einsum("k,ki->i", weights, offsets**2)
+    return AffineWhitening(loc, jnp.sqrt(within + between))
 
 
 def whitening_from_spec(

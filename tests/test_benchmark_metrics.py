@@ -75,6 +75,17 @@ def test_mode_coverage_of_exact_mixture_draws():
     assert metrics.modes_hit(one_mode, means) == 1
     two_modes = means[component % 2] + noise
     assert metrics.entropic_mode_coverage(two_modes, means) == pytest.approx(0.5)
+    assert metrics.max_mode_weight_error(draws, means) == pytest.approx(0.0)
+    assert metrics.max_mode_weight_error(one_mode, means) == pytest.approx(0.75)
+    assert metrics.max_mode_weight_error(two_modes, means) == pytest.approx(0.25)
+
+
+def test_quantile_error_of_a_shift_is_the_shift():
+    x = np.asarray(jax.random.normal(jax.random.key(4), (5000, 3)))
+    assert metrics.max_quantile_error(x, x, (0,)) == 0.0
+    shifted = x + np.array([0.5, 0.0, 2.0])
+    assert metrics.max_quantile_error(shifted, x, (0,)) == pytest.approx(0.5)
+    assert metrics.max_quantile_error(shifted, x, (0, 2)) == pytest.approx(2.0)
 
 
 def test_importance_ess_known_cases():

@@ -51,7 +51,7 @@ def _consistency_loss_at_init(logdensity, dim):
         paths.states,
         paths.target_scores,
         10.0,
-    )
+    )[0]
 
 
 def test_self_consistency_loss_is_zero_when_flow_is_identity():

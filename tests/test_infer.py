@@ -1,5 +1,7 @@
 """CDSInference: the MCMC-like contract, ArviZ, Predictive, errors, resume, recovery."""
 
+import pickle
+
 import arviz as az
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,7 @@ TINY = dict(
     num_sde_steps=4,
     chunk_size=10,
     progress_bar=False,
+    correction=None,  # API tests; the default correction is tested with the weights
 )
 
 
@@ -207,8 +210,13 @@ def test_checkpoint_resumes_in_a_new_object(monkeypatch, tmp_path):
         )
     monkeypatch.setattr(numpyro_cds.infer, "fit", _ORIGINAL_FIT)
     assert path.exists()
+    with open(path, "rb") as f:
+        seconds_before = pickle.load(f)["timings"]["training"]
+    assert seconds_before > 0
     fresh = CDSInference(model, num_samples=20, checkpoint=path, **TINY)
     fresh.run(jax.random.key(0))
+    # The training clock counts the interrupted process's seconds too.
+    assert fresh.timings["training"] > seconds_before
     np.testing.assert_array_equal(
         fresh.get_samples()["x"], reference.get_samples()["x"]
     )

@@ -118,6 +118,7 @@ def under_trained():
         _sharp_posterior,
         num_samples=4000,
         whitening=(2.0, 1.0),
+        correction=None,
         **{**SMALL, "num_train_steps": 2},
     )
     cds.run(jax.random.key(3), SHARP_Y)
@@ -138,12 +139,16 @@ def test_resampling_corrects_an_under_trained_sampler(under_trained):
 def test_bad_correction_is_refused():
     with pytest.raises(ValueError, match="correction"):
         CDSInference(normal_mean, correction="exact")
+    with pytest.raises(ValueError, match="correction_pool"):
+        CDSInference(normal_mean, correction="resample", correction_pool=0)
 
 
 def test_mcmc_correction_makes_an_under_trained_sampler_exact(under_trained):
     cds = under_trained
-    cds.correction = "mcmc"
+    cds.correction, cds.correction_steps = "mcmc", 200
     cds.run(jax.random.key(4), SHARP_Y)
+    # The weights come from the whole resampling pool.
+    assert cds.weights_summary.num_draws == cds.correction_pool * 4000
     x = np.asarray(cds.get_samples()["x"])
     assert np.mean(x) == pytest.approx(EXACT_MEAN, abs=0.01)
     assert np.std(x) == pytest.approx(EXACT_SD, rel=0.05)

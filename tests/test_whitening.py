@@ -7,7 +7,12 @@ import pytest
 from jax.scipy.special import logsumexp
 
 from numpyro_cds.diffusion import standard_normal_logdensity
-from numpyro_cds.whitening import AffineWhitening, fit_whitening, whitening_from_spec
+from numpyro_cds.whitening import (
+    AffineWhitening,
+    WhiteningConfig,
+    fit_whitening,
+    whitening_from_spec,
+)
 
 
 def _gaussian(loc, scale):
@@ -40,8 +45,64 @@ def test_fit_recovers_badly_scaled_gaussian():
     loc, scale = jnp.array([2.5e4, -3.0, 0.01]), jnp.array([2e4, 1e2, 1e-3])
     starts = jax.random.uniform(jax.random.key(0), (4, 3), minval=-2, maxval=2)
     w = fit_whitening(jax.random.key(1), _gaussian(loc, scale), starts)
+    np.testing.assert_allclose(w.marginal_scale / scale, 1.0, atol=0.15)
+    np.testing.assert_allclose((w.loc - loc) / scale, 0.0, atol=0.15)
+
+
+def _correlated_gaussian(dim, seed):
+    """A Gaussian with correlations near +-1 and sds from 1e-3 to 1e4."""
+    rng = np.random.default_rng(seed)
+    factor = rng.normal(size=(dim, dim))
+    correlation = factor @ factor.T / dim + 1e-2 * np.eye(dim)
+    sd = 10.0 ** rng.uniform(-3, 4, dim)
+    covariance = correlation * np.outer(sd, sd)
+    loc = rng.normal(size=dim) * sd
+    precision = jnp.asarray(np.linalg.inv(covariance), jnp.float32)
+    centre = jnp.asarray(loc, jnp.float32)
+    return (lambda x: -0.5 * (x - centre) @ precision @ (x - centre)), loc, covariance
+
+
+def test_full_rank_map_log_det_and_inverse():
+    factor = jnp.array([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [-3.0, 0.2, 4.0]])
+    w = AffineWhitening(jnp.array([1.0, -2.0, 0.5]), factor)
+    assert w.full_rank
+    np.testing.assert_allclose(w.log_det, jnp.linalg.slogdet(factor)[1], rtol=1e-6)
+    z = jax.random.normal(jax.random.key(0), (5, 3))
+    np.testing.assert_allclose(w.whiten(w.unwhiten(z)), z, atol=1e-5)
+    np.testing.assert_allclose(w.unwhiten(z[0]), w.loc + factor @ z[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        w.marginal_scale, jnp.sqrt(jnp.diagonal(factor @ factor.T)), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="square matrix"):
+        AffineWhitening(jnp.zeros(3), jnp.ones((3, 2)))
+
+
+def test_full_rank_fit_makes_a_correlated_badly_scaled_gaussian_isotropic():
+    """Whitened covariance S^-1 Sigma S^-T must be the identity (eigenvalues ~1)."""
+    logdensity, loc, covariance = _correlated_gaussian(26, seed=0)
+    starts = jax.random.uniform(jax.random.key(0), (4, 26), minval=-2, maxval=2)
+    w = fit_whitening(jax.random.key(1), logdensity, starts)
+    assert w.full_rank
+    root = np.linalg.solve(
+        np.asarray(w.scale, np.float64), np.linalg.cholesky(covariance)
+    )
+    eigenvalues = np.linalg.eigvalsh(root @ root.T)
+    assert 0.9 < eigenvalues.min() and eigenvalues.max() < 1.1
+    z_loc = np.linalg.solve(np.asarray(w.scale, np.float64), loc - np.asarray(w.loc))
+    assert np.abs(z_loc).max() < 0.1
+
+
+def test_mean_field_above_the_full_rank_dimension():
+    loc, scale = jnp.array([1.0, -3.0, 5.0]), jnp.array([0.5, 2.0, 10.0])
+    config = WhiteningConfig(full_rank_max_dim=2)
+    w = fit_whitening(
+        jax.random.key(1), _gaussian(loc, scale), jnp.zeros((2, 3)), config
+    )
+    assert not w.full_rank and w.scale.shape == (3,)
     np.testing.assert_allclose(w.scale / scale, 1.0, atol=0.15)
     np.testing.assert_allclose((w.loc - loc) / scale, 0.0, atol=0.15)
+    with pytest.raises(ValueError, match="full_rank_max_dim"):
+        WhiteningConfig(full_rank_max_dim=-1)
 
 
 def test_fit_does_not_collapse_onto_one_mode():
@@ -55,7 +116,7 @@ def test_fit_does_not_collapse_onto_one_mode():
     starts = jnp.linspace(-2.0, 2.0, 8)[:, None]
     w = fit_whitening(jax.random.key(0), mixture, starts)
     assert abs(float(w.loc[0])) < 2.0
-    assert 4.5 < float(w.scale[0]) < 7.5
+    assert 4.5 < float(w.marginal_scale[0]) < 7.5
 
 
 def test_spec_accepts_scalars_lists_and_arrays():
