@@ -89,7 +89,16 @@ def render(entries: list[dict]) -> str:
         (e["seconds"]["mcmc"] - e["seconds"]["None"]) / e["seconds"]["None"]
         for e in entries
     ]
+    posteriors = [e for e in entries if e["metric"] == "mean err"]
+    worst = {
+        s: max((e["error"][s] for e in posteriors), default=float("nan"))
+        for s in SETTINGS
+    }
     lines += [
+        "",
+        "Worst standardised mean error over the posteriors: "
+        + ", ".join(f"{s} {worst[s]:.3g}" for s in SETTINGS)
+        + ".",
         "",
         f"Lowest error: {', '.join(f'{s} on {n}' for s, n in best_counts.items())} "
         f"of {len(entries)} targets. The MCMC correction added a median "
