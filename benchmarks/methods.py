@@ -32,6 +32,9 @@ from numpyro.diagnostics import summary
 from numpyro.infer import MCMC, NUTS
 
 from numpyro_cds import CDSInference, summarize_weights
+from numpyro_cds.consistency import ConsistencyConfig
+from numpyro_cds.monitor import MonitorConfig
+from numpyro_cds.train import TrainConfig
 from numpyro_cds.whitening import WhiteningConfig
 
 from .targets import BenchmarkTarget
@@ -41,7 +44,9 @@ __all__ = [
     "BUDGETS",
     "MethodRun",
     "METHODS",
+    "DEFAULT_METHODS",
     "register_method",
+    "paper_preset",
     "run_nuts",
     "scds_steps",
 ]
@@ -123,6 +128,16 @@ BUDGETS = {
         # Issue 4's GMM-40 setting: the whitening at the modes' scale.
         | {"gmm40_2d": dict(whitening=(0.0, 40.0))},
     ),
+    # The paper's training budget for the synthetic targets (1e4 x 512 x 128), for
+    # the ``scds-paper`` preset; draws and NUTS as at the ``cpu`` budget.
+    "paper": Budget(
+        "paper",
+        synthetic=dict(num_train_steps=10000, batch_size=512, num_sde_steps=128),
+        posterior=_DEFAULT_TRAINING,
+        nuts=dict(num_warmup=1000, num_samples=1000, num_chains=2),
+        num_draws=6000,
+        step_counts=(1, 2, 4, 16, 128),
+    ),
     "gpu": Budget(
         "gpu",
         synthetic=dict(num_train_steps=10000, batch_size=512, num_sde_steps=128),
@@ -158,6 +173,8 @@ class MethodRun:
 
 
 METHODS: dict[str, Callable] = {}
+#: The methods a run uses when none are named (opt-in methods are left out).
+DEFAULT_METHODS: list[str] = []
 _SCDS_ROW = re.compile(r"SCDS\((\d+)\)")
 
 
@@ -167,11 +184,17 @@ def scds_steps(method: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def register_method(name: str) -> Callable:
-    """Decorator adding a method ``(target, budget, rng_key) -> list[MethodRun]``."""
+def register_method(name: str, default: bool = True) -> Callable:
+    """Decorator adding a method ``(target, budget, rng_key) -> list[MethodRun]``.
+
+    ``default=False`` registers an opt-in method, run only when named
+    (``--methods``).
+    """
 
     def register(fn):
         METHODS[name] = fn
+        if default:
+            DEFAULT_METHODS.append(name)
         return fn
 
     return register
@@ -203,21 +226,51 @@ def _whitening_gradient_evaluations(cds: CDSInference) -> int:
     return num_starts * config.num_steps * num_draws
 
 
-@register_method("scds")
-def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
-    """``CDSInference`` with the budget's settings; a row per number of steps 1, 2, ..., N.
+def paper_preset(num_train_steps: int, batch_size: int, num_sde_steps: int) -> dict:
+    """``CDSInference`` settings of the SCDS reference code (method.md Part C, item 4).
 
-    The 1-step row also holds the importance-weight summary (log Z, ESS, k-hat), and
-    rows ``SCDS(1)+resample`` and ``SCDS(1)+MCMC`` give the same sampler's 1-step
-    draws with ``correction="resample"`` and ``"mcmc"`` (their network evaluations
-    per draw count the resampling pool).
+    No whitening; the prior ``N(0, I)`` truncated at +-3.89 in training and when
+    drawing; every step's control sees the target score; the self-consistency
+    teacher is the current weights; Adam 5e-3 with weight decay 1e-7 and global-norm
+    clip 1, decayed to 0.04 % (the reference's StepLR to 2 % stepped twice per
+    iteration); control clips 10 -> 50 -> 250 after 100 and 200 iterations; an EMA
+    (cap 0.9999) over the last ``(num_train_steps - 1500) / 2`` iterations draws; the
+    last snapshot draws (no monitor selection); raw draws (no correction).  The
+    paper's budget is 1e4 x 512 x 128.
     """
+    return dict(
+        whitening=None,
+        correction=None,
+        consistency=ConsistencyConfig(
+            num_sde_steps=num_sde_steps,
+            batch_size=batch_size,
+            prior_bound=3.89,
+            sampling_prior_bound=3.89,
+            clip_milestones=(100, 200),
+            target_score_max_step=None,
+            teacher="current",
+            ema_decay=0.9999,
+            ema_start=max(0, (num_train_steps - 1500) // 2),
+        ),
+        train=TrainConfig(
+            num_train_steps=num_train_steps,
+            learning_rate=5e-3,
+            final_learning_rate_fraction=4e-4,
+            weight_decay=1e-7,
+        ),
+        monitor=MonitorConfig(keep_best=False),
+    )
+
+
+def _run_cds(
+    target: BenchmarkTarget, budget: Budget, rng_key, options: dict, label: str
+) -> tuple[CDSInference, list[MethodRun]]:
+    """Train ``CDSInference(**options)``; a ``label(k)`` row per number of steps."""
     train_key, sample_key = jax.random.split(rng_key)
-    options = _budget_kwargs(target, budget)
     if budget.checkpoint_dir is not None:
         os.makedirs(budget.checkpoint_dir, exist_ok=True)
         options["checkpoint"] = os.path.join(
-            budget.checkpoint_dir, f"{target.name}.ckpt"
+            budget.checkpoint_dir, f"{target.name}-{label}.ckpt"
         )
     cds = CDSInference(
         target.model, num_samples=budget.num_draws, progress_bar=False, **options
@@ -226,7 +279,7 @@ def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun
     # From the sampler's own clock, which a checkpoint carries across processes.
     train_seconds = cds.timings["whitening"] + cds.timings["training"]
     config = cds.consistency
-    training_gradients = cds.train_config.num_train_steps * config.batch_size * (
+    training_gradients = int(cds.training_iterations) * config.batch_size * (
         config.num_sde_steps + 1
     ) + _whitening_gradient_evaluations(cds)
     step_counts = budget.step_counts or [
@@ -239,32 +292,66 @@ def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun
         samples, seconds = _timed(draw)
         info = {
             "num_train_steps": cds.train_config.num_train_steps,
+            "iterations_done": int(cds.training_iterations),
+            "snapshot_iteration": cds.snapshot.iteration,
             "batch_size": config.batch_size,
             "num_sde_steps": config.num_sde_steps,
             "final_diffusion_loss": float(
                 np.median(cds.training_losses["diffusion_loss"][-100:])
             ),
         }
-        if num_steps == 1:
-            _, log_weights = cds.sample(sample_key, budget.num_draws, 1, True)
-            info["weights"] = summarize_weights(np.asarray(log_weights))._asdict()
+        _, log_weights = cds.sample(sample_key, budget.num_draws, num_steps, True)
+        info["weights"] = summarize_weights(np.asarray(log_weights))._asdict()
         runs.append(
             MethodRun(
-                method=f"SCDS({num_steps})",
+                method=f"{label}({num_steps})",
                 samples=_numpy(samples),
                 train_seconds=train_seconds,
                 sample_seconds=seconds,
                 network_evaluations=num_steps,
                 gradient_evaluations=training_gradients
-                + (num_steps - 1) * budget.num_draws,
+                + (num_steps - 1) * budget.num_draws * config.uses_target_score(
+                    num_steps
+                ),
                 info=info,
             )
         )
+    return cds, runs
+
+
+@register_method("scds")
+def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
+    """``CDSInference`` with the budget's settings; a row per number of steps 1, 2, ..., N.
+
+    Every row holds its importance-weight summary (log Z, ESS, k-hat), and rows
+    ``SCDS(1)+resample`` and ``SCDS(1)+MCMC`` give the same sampler's 1-step draws
+    with ``correction="resample"`` and ``"mcmc"`` (their network evaluations per
+    draw count the resampling pool).
+    """
+    cds, runs = _run_cds(
+        target, budget, rng_key, _budget_kwargs(target, budget), "SCDS"
+    )
+    sample_key = jax.random.split(rng_key)[1]
     for correction in ("resample", "mcmc"):
         runs.append(
             _corrected_run(cds, target, budget, sample_key, runs[0], correction)
         )
     return runs
+
+
+@register_method("scds-paper", default=False)
+def run_scds_paper(
+    target: BenchmarkTarget, budget: Budget, rng_key
+) -> list[MethodRun]:
+    """The reference code's protocol (:func:`paper_preset`), rows ``SCDS-paper(k)``.
+
+    Training length, batch and ``N`` come from the budget's settings for the target.
+    """
+    settings = _budget_kwargs(target, budget)
+    options = paper_preset(
+        settings["num_train_steps"], settings["batch_size"], settings["num_sde_steps"]
+    )
+    return _run_cds(target, budget, rng_key, options, "SCDS-paper")[1]
 
 
 def _corrected_run(

@@ -4,7 +4,10 @@ Definitions follow ``shared/docs/method.md`` Part B §6.  Two remarks:
 
 * :func:`sinkhorn_cost` is the paper's "Sinkhorn" exactly as its code computes it:
   log-domain Sinkhorn at eps = 1e-3 from zero potentials, stopped after at most 100
-  iterations.  At that eps, 100 iterations are far from convergence when the clouds
+  iterations, in the reference code's orientation (method.md Part C, item 1): after
+  the last iteration every exact draw is fully transported and the model's side is
+  not balanced, which penalises dropped modes and under-dispersion (the other order
+  is lenient on both).  At that eps, 100 iterations are far from convergence when the clouds
   are far apart (a cloud against its copy shifted by 3 gives about 0.6, not 3;
   measured with OTT-JAX), so the value is a protocol-specific number, comparable
   with the paper's but not a Wasserstein distance; ``converged`` says which case
@@ -55,25 +58,33 @@ def _paper_sinkhorn(x, y):
     return jnp.sum(output.matrix * geometry.cost_matrix), output.converged
 
 
-def sinkhorn_cost(x: np.ndarray, y: np.ndarray) -> tuple[float, bool]:
+def sinkhorn_cost(
+    model_draws: np.ndarray, exact_draws: np.ndarray
+) -> tuple[float, bool]:
     """The paper's Sinkhorn: transport cost of the entropic plan after <= 100 iterations.
 
     Uniform weights, ground cost ``|x_i - y_j|`` (the Euclidean norm, not its square),
     eps = 1e-3, log-domain updates from zero potentials, at most 100 iterations,
     tolerance 1e-5; the value is ``sum_ij P_ij C_ij`` (not debiased).  Between two
     finite samples of one distribution it is positive, a floor that shrinks with the
-    sample size.
+    sample size: compare a method with exact draws of the same size (the excess over
+    the floor).
+
+    The reference code calls ``sinkhorn(model_draws, exact_draws)`` and updates the
+    row (model) potential before the column (exact) one; OTT-JAX updates in the other
+    order, so the reference metric is OTT's with the clouds swapped.  The two orders
+    disagree by a factor of three on a sample missing one of nine modes.
 
     Args:
-        x: ``(n, d)`` points.
-        y: ``(m, d)`` points.
+        model_draws: ``(n, d)`` draws of the method.
+        exact_draws: ``(m, d)`` exact draws of the target.
 
     Returns:
         ``(cost, converged)``; ``converged`` is False when the plan's marginals are
         still off by more than 1e-5 after 100 iterations (see the module docstring).
     """
     cost, converged = _paper_sinkhorn(
-        jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+        jnp.asarray(exact_draws, jnp.float32), jnp.asarray(model_draws, jnp.float32)
     )
     return float(cost), bool(converged)
 

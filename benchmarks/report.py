@@ -11,11 +11,12 @@ import time
 import jax
 
 from .methods import scds_steps
+from .targets import PAPER_FLOORS
 
 __all__ = ["machine_info", "render_results", "write_benchmarks"]
 
 _SUITE_ORDER = ("paper", "extended", "evidence", "posteriors", "all")
-_BUDGET_ORDER = ("cpu", "gpu")
+_BUDGET_ORDER = ("cpu", "paper", "gpu")
 
 
 def machine_info() -> dict:
@@ -72,14 +73,20 @@ def _floor(by_method: dict, method: str) -> str | None:
 
 
 def _sinkhorn_summary(targets: dict) -> list[str]:
+    """Each method's Sinkhorn beside the same-n exact-draw floor, as ``value (+excess)``.
+
+    The paper's columns are its values at n = 1e5 with the excess over the
+    extrapolated 1e5 floor (:data:`~benchmarks.targets.PAPER_FLOORS`).
+    """
     header = [
         "target",
         "D",
-        "exact-draw floor",
+        "exact-draw floor (n)",
         "SCDS(1)",
         "SCDS(N)",
         "SCDS(1)+MCMC",
-        "NUTS (its floor)",
+        "NUTS",
+        "paper floor (n=1e5)",
         "paper DIS(128)",
         "paper SCDS(1)",
         "paper CDDS(1)",
@@ -89,23 +96,43 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
         by_method = _by_method(target)
         largest = _largest_scds(by_method)
 
-        def sinkhorn(method, by_method=by_method):
-            return _cell(by_method, method, lambda values: _fmt(values["sinkhorn"]))
+        def with_excess(method, by_method=by_method):
+            """``value (+excess over the same-n floor)``."""
+            row, floor = by_method.get(method), by_method.get(_floor(by_method, method))
+            if row is None:
+                return None
+            value = row["metrics"]["sinkhorn"]
+            if floor is None:
+                return _fmt(value)
+            return f"{_fmt(value)} (+{_fmt(value - floor['metrics']['sinkhorn'])})"
 
-        paper = target["paper"]
+        floor = by_method.get(_floor(by_method, "SCDS(1)"))
+        paper, paper_floor = target["paper"], PAPER_FLOORS.get(name)
+
+        def paper_cell(method, paper=paper, paper_floor=paper_floor):
+            if method not in paper:
+                return None
+            value = paper[method][0]
+            if paper_floor is None:
+                return _fmt(value)
+            return f"{_fmt(value)} (+{_fmt(value - paper_floor)})"
+
         rows.append(
             [
                 name,
                 target["dim"],
-                sinkhorn(_floor(by_method, "SCDS(1)")),
-                sinkhorn("SCDS(1)"),
-                f"{sinkhorn(largest)} (N={scds_steps(largest)})" if largest else None,
-                sinkhorn("SCDS(1)+MCMC"),
-                f"{sinkhorn('NUTS')} ({sinkhorn(_floor(by_method, 'NUTS'))})",
-                *(
-                    paper[m][0] if m in paper else None
-                    for m in ("DIS(128)", "SCDS(1)", "CDDS(1)")
-                ),
+                None
+                if floor is None
+                else f"{_fmt(floor['metrics']['sinkhorn'])} "
+                f"({floor['metrics']['num_draws']})",
+                with_excess("SCDS(1)"),
+                f"{with_excess(largest)} (N={scds_steps(largest)})"
+                if largest
+                else None,
+                with_excess("SCDS(1)+MCMC"),
+                with_excess("NUTS"),
+                paper_floor,
+                *(paper_cell(m) for m in ("DIS(128)", "SCDS(1)", "CDDS(1)")),
             ]
         )
     return _table(header, rows)

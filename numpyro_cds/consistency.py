@@ -78,6 +78,23 @@ class ConsistencyConfig:
             weights and ``log Z`` miss the target mass outside the image of this box,
             a relative ``2e-9`` per dimension at the default 6.
         max_rnd: paths with a log RND above this are left out of the loss.
+        target_score_max_step: the largest step, in training steps ``1 / N``, whose
+            control sees the target score; larger steps (in the self-consistency
+            loss and when drawing with fewer than ``N / target_score_max_step``
+            steps) use the prior score alone.  An Euler step with the target score
+            inside folds space where the step size times the target's curvature
+            exceeds about one, and its weights then overstate ``Z``; without it a
+            step starts as the identity and the network learns the rest, and drawing
+            needs no target gradient.  None: every step sees it (the paper).
+        teacher: the half steps of the self-consistency loss are taken with the
+            ``"ema"`` weights (OSDS) or the ``"current"`` weights, stop-gradient
+            (the SCDS reference code).
+        ema_start: iteration before which the EMA just copies the weights (the
+            reference code's EMA averages only the last part of training).
+        consistency_space: ``"state"`` compares the end states of the big step and
+            the two half steps (the paper: step ``d`` weighted by ``d**2``, so the
+            smallest steps get ``(2 / N)**2`` of the signal); ``"velocity"`` divides
+            by ``d**2``, weighting every step size alike.
     """
 
     num_sde_steps: int = 64
@@ -93,6 +110,10 @@ class ConsistencyConfig:
     prior_bound: float = 3.89
     sampling_prior_bound: float = 6.0
     max_rnd: float = 1e8
+    target_score_max_step: int | None = 1
+    teacher: str = "ema"
+    ema_start: int = 0
+    consistency_space: str = "state"
 
     def __post_init__(self):
         if not _is_power_of_two(self.num_sde_steps) or self.num_sde_steps < 2:
@@ -118,6 +139,28 @@ class ConsistencyConfig:
                 )
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}.")
+        step = self.target_score_max_step
+        if step is not None and not _is_power_of_two(step):
+            raise ValueError(
+                "target_score_max_step must be None or a power of two (1, 2, 4, ...),"
+                f" in training steps; got {step!r}."
+            )
+        if self.teacher not in ("ema", "current"):
+            raise ValueError(
+                f"teacher must be 'ema' or 'current', got {self.teacher!r}."
+            )
+        if self.consistency_space not in ("state", "velocity"):
+            raise ValueError(
+                "consistency_space must be 'state' or 'velocity', got "
+                f"{self.consistency_space!r}."
+            )
+        if isinstance(self.ema_start, bool) or not isinstance(self.ema_start, int):
+            raise ValueError(f"ema_start must be an int, got {self.ema_start!r}.")
+
+    def uses_target_score(self, num_steps: int) -> bool:
+        """Whether drawing with ``num_steps`` equal steps evaluates the target score."""
+        step = self.target_score_max_step
+        return step is None or self.num_sde_steps <= step * num_steps
 
     def clip(self, iteration: Array) -> Array:
         """Element-wise clip in force at ``iteration``."""
@@ -170,6 +213,8 @@ def self_consistency_loss(
     clip: Float[Array, ""],
     *,
     volume: bool = False,
+    target_score_max_step: int | None = None,
+    velocity: bool = False,
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """One big probability-flow step against two half steps of the teacher.
 
@@ -201,6 +246,8 @@ def self_consistency_loss(
         target_scores: ``grad log rho`` at those states.
         clip: element-wise clip of the control's parts.
         volume: also compute the volume-consistency loss.
+        target_score_max_step: steps larger than this many ``1 / N`` use controls
+            without the target score (:class:`ConsistencyConfig`); None: none.
 
     Returns:
         ``(state_loss, volume_loss)``: ``mean((x_teacher - x_student)**2) / dim`` and
@@ -218,28 +265,37 @@ def self_consistency_loss(
     t = start_index / num_steps
     d = big / num_steps
     half = 0.5 * d
+    max_step = num_steps if target_score_max_step is None else target_score_max_step
+    # 0/1 switches of the target score in the teacher's half steps and the big step.
+    half_weight = (big // 2 <= max_step).astype(states.dtype)
+    big_weight = (big <= max_step).astype(states.dtype)
 
-    def step(network, x, score, t, dt):
+    def step(network, x, score, t, dt, weight):
         # The new state reuses the score at x; the log-determinant differentiates the
         # step as a function of x, score included.
-        x_next = flow_step_fn(network, schedule, lambda _: score, t, dt, clip)(x)
+        x_next = flow_step_fn(
+            network, schedule, lambda _: score, t, dt, clip, weight
+        )(x)
         if not volume:
             return x_next, jnp.nan
-        as_function = flow_step_fn(network, schedule, score_fn, t, dt, clip)
+        as_function = flow_step_fn(network, schedule, score_fn, t, dt, clip, weight)
         return x_next, exact_log_abs_det(as_function, x)[0]
 
-    def teacher_steps(x, score, t, half):
-        mid, first = step(teacher, x, score, t, half)
-        goal, second = step(teacher, mid, score_fn(mid), t + half, half)
+    def teacher_steps(x, score, t, half, weight):
+        mid, first = step(teacher, x, score, t, half, weight)
+        goal, second = step(teacher, mid, score_fn(mid), t + half, half, weight)
         return goal, first + second
 
     goal, goal_volume = jax.lax.stop_gradient(
-        jax.vmap(teacher_steps)(x, score, t, half)
+        jax.vmap(teacher_steps)(x, score, t, half, half_weight)
     )
     prediction, prediction_volume = jax.vmap(lambda *a: step(network, *a))(
-        x, score, t, d
+        x, score, t, d, big_weight
     )
-    state_loss = jnp.mean((goal - prediction) ** 2) / dim
+    squared = (goal - prediction) ** 2
+    if velocity:
+        squared = squared / d[:, None] ** 2
+    state_loss = jnp.mean(squared) / dim
     return state_loss, jnp.mean((goal_volume - prediction_volume) ** 2) / dim**2
 
 
@@ -329,7 +385,8 @@ def consistency_sampler(
             diffusion_objective, has_aux=True
         )(state.params)
         params, opt_state = update(state.params, state.opt_state, grads)
-        teacher = eqx.combine(state.ema_params, static)
+        teacher_params = state.ema_params if config.teacher == "ema" else params
+        teacher = eqx.combine(teacher_params, static)
 
         volume = config.volume_weight > 0
 
@@ -344,6 +401,8 @@ def consistency_sampler(
                 paths.target_scores,
                 clip,
                 volume=volume,
+                target_score_max_step=config.target_score_max_step,
+                velocity=config.consistency_space == "velocity",
             )
             objective = config.consistency_weight * state_loss
             if volume:
@@ -354,8 +413,11 @@ def consistency_sampler(
             consistency_objective, has_aux=True
         )(params)
         params, opt_state = update(params, opt_state, grads)
-        decay = jnp.minimum(
-            config.ema_decay, 1.0 - (1.0 + state.iteration) ** -0.9
+        averaged = state.iteration - config.ema_start
+        decay = jnp.where(
+            averaged < 0,
+            0.0,
+            jnp.minimum(config.ema_decay, 1.0 - (1.0 + averaged) ** -0.9),
         ).astype(jnp.float32)
         ema_params = jax.tree.map(
             lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params
@@ -378,12 +440,29 @@ def consistency_sampler(
         clip = config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max))
         bound = config.sampling_prior_bound
         x0 = sample_prior(rng_key, (num_samples, dim), bound)
+        with_score = config.uses_target_score(num_steps)
         if log_density is None:
-            return run_flow(network, schedule, score_fn, x0, num_steps, clip).x
+            return run_flow(
+                network,
+                schedule,
+                score_fn,
+                x0,
+                num_steps,
+                clip,
+                use_target_score=with_score,
+            ).x
         if log_density == "path":
             noise_key = jax.random.fold_in(rng_key, 1)
             return run_sde(
-                noise_key, network, schedule, score_fn, x0, num_steps, clip, bound
+                noise_key,
+                network,
+                schedule,
+                score_fn,
+                x0,
+                num_steps,
+                clip,
+                bound,
+                use_target_score=with_score,
             )
         return run_flow(
             network,
@@ -395,6 +474,7 @@ def consistency_sampler(
             bound,
             log_det=log_density,
             rng_key=jax.random.fold_in(rng_key, 1),
+            use_target_score=with_score,
         )
 
     return SamplerAlgorithm(init=init, step=step, sample=sample)

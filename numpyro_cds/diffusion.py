@@ -12,6 +12,14 @@ design of DIS and SCDS (Jutras-Dube et al. 2025):
 with the standard normal prior ``p_0`` and element-wise clips.  At initialisation
 ``NN = 0`` and ``s = 1``, so the control is the Langevin-preconditioned interpolated
 score.
+
+A control may also be evaluated *without the target score* (``target_score=None``):
+the Langevin term is then the prior score ``-x`` alone, and the probability-flow step
+of an untrained network is the identity at every ``t``.  The samplers use this for
+steps larger than the training paths' (``ConsistencyConfig.target_score_max_step``):
+an Euler step ``x + d b(x)`` whose drift holds ``d t grad log rho`` folds space
+wherever ``d`` times the target's curvature exceeds about one, and its weights then
+overstate ``Z``.
 """
 
 from __future__ import annotations
@@ -54,9 +62,14 @@ def target_score_fn(logdensity_fn: Callable) -> Callable:
     return lambda x: jnp.nan_to_num(grad_fn(x), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _control_from_conditioning(network, schedule, x, t, embedding, gate, score, clip):
+def _control_from_conditioning(
+    network, schedule, x, t, embedding, gate, score, clip, score_weight=1.0
+):
+    # (1 - t)(-x) + t score with the target score switched on; -x with it off.
     output = jnp.clip(network.output(x, embedding), -clip, clip)
-    langevin = jnp.clip((1.0 - t) * (-x) + t * score, -clip, clip)
+    if score is None:
+        score, score_weight = jnp.zeros_like(x), 0.0
+    langevin = jnp.clip(-x + score_weight * t * (x + score), -clip, clip)
     return output + schedule.sigma(t) * langevin * jnp.clip(gate, -clip, clip)
 
 
@@ -66,8 +79,9 @@ def control(
     x: Float[Array, " dim"],
     t: Float[Array, ""],
     d: Float[Array, ""],
-    target_score: Float[Array, " dim"],
+    target_score: Float[Array, " dim"] | None,
     clip: Float[Array, ""],
+    score_weight: Float[Array, ""] | float = 1.0,
 ) -> Float[Array, " dim"]:
     """The control ``u(x, t, d)`` for one state.
 
@@ -77,21 +91,33 @@ def control(
         x: the state.
         t: generative time.
         d: the step size the control is conditioned on.
-        target_score: ``grad log rho(x)`` (only used with weight ``t``).
+        target_score: ``grad log rho(x)`` (only used with weight ``t``), or None for
+            the prior score alone in the Langevin term.
         clip: element-wise clip of the network output, the Langevin term and the gate.
+        score_weight: 1 uses the target score, 0 leaves it out as None does (a traced
+            switch, for batches of mixed step sizes).
 
     Returns:
         The control, shape ``(dim,)``.
     """
     embedding, gate = network.conditioning(t, d)
     return _control_from_conditioning(
-        network, schedule, x, t, embedding, gate, target_score, clip
+        network, schedule, x, t, embedding, gate, target_score, clip, score_weight
     )
 
 
 def batched_control(network, schedule, xs, t, d, target_scores, clip):
-    """:func:`control` for a batch ``xs`` sharing one time ``t`` and step size ``d``."""
+    """:func:`control` for a batch ``xs`` sharing one time ``t`` and step size ``d``.
+
+    ``target_scores`` None evaluates every control without the target score.
+    """
     embedding, gate = network.conditioning(t, d)
+    if target_scores is None:
+        return jax.vmap(
+            lambda x: _control_from_conditioning(
+                network, schedule, x, t, embedding, gate, None, clip
+            )
+        )(xs)
     return jax.vmap(
         lambda x, s: _control_from_conditioning(
             network, schedule, x, t, embedding, gate, s, clip

@@ -72,24 +72,29 @@ def flow_step_fn(
     t: Float[Array, ""],
     dt: float,
     clip: Float[Array, ""],
+    score_weight: Float[Array, ""] | float = 1.0,
 ) -> Callable:
     """One probability-flow Euler step of one state, ``x -> x + dt b(x, t, dt)``.
 
     Args:
         network: the control network.
         schedule: the noise schedule.
-        score_fn: ``grad log rho``, or None at ``t = 0``, where its weight is zero.
+        score_fn: ``grad log rho``, or None for a control without the target score
+            (at ``t = 0``, where its weight is zero, and in steps larger than
+            ``ConsistencyConfig.target_score_max_step``).
         t: generative time of the step's start.
         dt: step length (also the step size the control is conditioned on).
         clip: element-wise clip of the control's parts.
+        score_weight: a traced 0/1 switch of the target score (see
+            :func:`~numpyro_cds.diffusion.control`).
 
     Returns:
         The step as a function of one state.
     """
 
     def step(x):
-        score = jnp.zeros_like(x) if score_fn is None else score_fn(x)
-        u = control(network, schedule, x, t, dt, score, clip)
+        score = None if score_fn is None else score_fn(x)
+        u = control(network, schedule, x, t, dt, score, clip, score_weight)
         return probability_flow_step(schedule, x, t, dt, u)
 
     return step
@@ -182,6 +187,7 @@ def run_flow(
     prior_bound: float | None = None,
     log_det: str = "exact",
     rng_key=None,
+    use_target_score: bool = True,
 ) -> FlowDraws:
     """Push prior draws through ``num_steps`` Euler steps of the probability flow.
 
@@ -198,6 +204,9 @@ def run_flow(
             (:func:`stochastic_log_abs_det`, which needs ``rng_key``; its signs are
             NaN).
         rng_key: PRNG key of the stochastic log-determinants.
+        use_target_score: False evaluates every step's control without the target
+            score (see :func:`~numpyro_cds.diffusion.control`); no gradient of the
+            target is then computed.
 
     Returns:
         :class:`FlowDraws` (``log_density`` and ``step_signs`` only with
@@ -231,9 +240,11 @@ def run_flow(
         flow_step_fn(network, schedule, None, 0.0, dt, clip), x0, keys[0]
     )
 
+    later_score_fn = score_fn if use_target_score else None
+
     def body(x, inputs):
         t, step_keys = inputs
-        step = flow_step_fn(network, schedule, score_fn, t, dt, clip)
+        step = flow_step_fn(network, schedule, later_score_fn, t, dt, clip)
         return advance(step, x, step_keys)
 
     x, rest = jax.lax.scan(body, x, (jnp.arange(1, num_steps) * dt, keys[1:]))

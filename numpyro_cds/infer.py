@@ -30,6 +30,7 @@ from .importance import (
     summarize_weights,
 )
 from .mcmc import mala_move
+from .monitor import MonitorConfig, Snapshot, TrainingMonitor
 from .target import Target, target_from_model
 from .train import TrainConfig, default_optimizer, fit
 from .whitening import (
@@ -39,7 +40,12 @@ from .whitening import (
     whitening_from_spec,
 )
 
-__all__ = ["CDSInference", "UnreliableDrawsWarning", "EXACT_LOG_DET_MAX_DIM"]
+__all__ = [
+    "CDSInference",
+    "UnreliableDrawsWarning",
+    "TrainingDivergedWarning",
+    "EXACT_LOG_DET_MAX_DIM",
+]
 
 #: Largest dimension with exact log-determinants in the importance weights
 #: (``jacfwd`` + ``slogdet``: ``dim`` forward passes per step and draw); above it the
@@ -52,6 +58,10 @@ _SAMPLINGS = ("flow", "sde")
 
 class UnreliableDrawsWarning(UserWarning):
     """The importance weights say the draws and the log Z estimate are unreliable."""
+
+
+class TrainingDivergedWarning(UserWarning):
+    """Training diverged; it was stopped and its best snapshot kept."""
 
 
 class _Sampler(NamedTuple):
@@ -124,16 +134,27 @@ class CDSInference(MCMC):
             Euler-Maruyama path weights, valid at every step count but with
             ``Var(log w)`` of about ``0.29 dim 64 / num_steps`` even for a perfect
             control, so informative only at many steps; see :doc:`/weights`).
-        num_train_steps: training iterations.
-        batch_size: paths per training iteration.
-        num_sde_steps: Euler-Maruyama steps of the training paths (power of 2).
-        learning_rate: initial Adam learning rate.
+        num_train_steps: training iterations (default: ``train``'s).
+        batch_size: paths per training iteration (default: ``consistency``'s).
+        num_sde_steps: Euler-Maruyama steps of the training paths (power of 2;
+            default: ``consistency``'s).
+        learning_rate: initial Adam learning rate (default: ``train``'s).
         whitening: ``"auto"`` (fit a Gaussian approximation first), ``None`` (identity)
             or ``(loc, scale)``, each a scalar or an array over the flat unconstrained
             latent vector.
         consistency: further sampler settings; ``batch_size`` and ``num_sde_steps``
             given here take precedence.
-        chunk_size: training iterations per compiled chunk (one progress update each).
+        train: optimisation settings (:class:`~numpyro_cds.train.TrainConfig`);
+            ``num_train_steps``, ``learning_rate`` and ``chunk_size`` given here take
+            precedence.
+        monitor: the training monitor's settings
+            (:class:`~numpyro_cds.monitor.MonitorConfig`): after every chunk the EMA
+            weights are scored by the ELBO of held-out draws with ``num_steps``
+            steps, the best snapshot (the untrained whitening Gaussian included) is
+            the one that draws, and a diverging training is stopped with a
+            :class:`TrainingDivergedWarning`.
+        chunk_size: training iterations per compiled chunk (one progress update and
+            one held-out score each; default: ``train``'s).
         checkpoint: optional file path.  The training state, whitening and loss history
             are written there after every chunk; a later ``run`` (even in a new process)
             with the same model and settings resumes from it instead of starting over.
@@ -186,13 +207,15 @@ class CDSInference(MCMC):
         num_chains: int = 1,
         num_steps: int = 1,
         sampling: str = "flow",
-        num_train_steps: int = 8000,
+        num_train_steps: int | None = None,
         batch_size: int | None = None,
         num_sde_steps: int | None = None,
-        learning_rate: float = 5e-3,
+        learning_rate: float | None = None,
         whitening: str | tuple | None = "auto",
         consistency: ConsistencyConfig | None = None,
-        chunk_size: int = 50,
+        train: TrainConfig | None = None,
+        monitor: MonitorConfig | None = None,
+        chunk_size: int | None = None,
         checkpoint: str | os.PathLike | None = None,
         progress_bar: bool = True,
         correction: str | None = "mcmc",
@@ -212,11 +235,16 @@ class CDSInference(MCMC):
         self.consistency = dataclasses.replace(
             consistency, **{k: v for k, v in overrides.items() if v is not None}
         )
-        self.train_config = TrainConfig(
-            num_train_steps=num_train_steps,
-            learning_rate=learning_rate,
-            chunk_size=chunk_size,
+        train = TrainConfig() if train is None else train
+        overrides = {
+            "num_train_steps": num_train_steps,
+            "learning_rate": learning_rate,
+            "chunk_size": chunk_size,
+        }
+        self.train_config = dataclasses.replace(
+            train, **{k: v for k, v in overrides.items() if v is not None}
         )
+        self.monitor_config = MonitorConfig() if monitor is None else monitor
         self.num_steps = self._check_num_steps(num_steps)
         if sampling not in _SAMPLINGS:
             raise ValueError(
@@ -248,6 +276,7 @@ class CDSInference(MCMC):
         self._kwargs: dict = {}
         self._setup = None
         self._state = None
+        self._monitor: TrainingMonitor | None = None
         self._samples = None
         self._extra_fields = None
         self._sample_fns: dict = {}
@@ -290,9 +319,16 @@ class CDSInference(MCMC):
         )
         state, static = algorithm.init(init_key)
         history = {}
+        best, loss_floor = None, np.inf
         if restored is not None:
             state = self._restore_state(restored["state"], state)
             history = restored["losses"]
+            best = Snapshot(
+                restored["best_iteration"],
+                restored["best_elbo"],
+                self._restore_state(restored["best_params"], state.ema_params),
+            )
+            loss_floor = restored["loss_floor"]
         self._setup = dict(
             target=target,
             whitening=whitening,
@@ -300,6 +336,14 @@ class CDSInference(MCMC):
             static=static,
             train_key=train_key,
         )
+        self._monitor = TrainingMonitor(
+            self._held_out_score_fn(jax.random.fold_in(init_key, 1)),
+            self.monitor_config,
+            best,
+            loss_floor,
+        )
+        if restored is not None:
+            self._monitor.diagnosis = restored["diagnosis"]
         self._state = state
         self._sample_fns = {}
         self.training_losses = history
@@ -322,6 +366,17 @@ class CDSInference(MCMC):
             )
         return payload
 
+    def _held_out_score_fn(self, rng_key) -> Callable:
+        """``params -> log weights`` of held-out ``num_steps``-step draws (fixed key)."""
+        kind = "path" if self.sampling == "sde" else None
+
+        def score(params):
+            return self._flat_draws(
+                rng_key, params, self.monitor_config.num_draws, self.num_steps, kind
+            )[2]
+
+        return jax.jit(score)
+
     def _restore_state(self, saved, template):
         same = jax.tree.structure(saved) == jax.tree.structure(template) and all(
             np.shape(a) == np.shape(b)
@@ -342,6 +397,11 @@ class CDSInference(MCMC):
             "dim": self._setup["target"].dim,
             "state": jax.device_get(self._state),
             "whitening": jax.device_get(self._setup["whitening"]),
+            "best_iteration": self._monitor.best.iteration,
+            "best_elbo": self._monitor.best.elbo,
+            "best_params": jax.device_get(self._monitor.best.params),
+            "loss_floor": self._monitor.loss_floor,
+            "diagnosis": self._monitor.diagnosis,
             "losses": self.training_losses,
             "timings": dict(self.timings),
         }
@@ -364,10 +424,24 @@ class CDSInference(MCMC):
 
     @property
     def is_trained(self) -> bool:
-        """Whether training for the current model arguments has finished."""
-        return self._state is not None and int(self._state.iteration) >= (
-            self.train_config.num_train_steps
-        )
+        """Whether training for the current model arguments has finished (or stopped
+        because it diverged)."""
+        if self._state is None:
+            return False
+        done = int(self._state.iteration) >= self.train_config.num_train_steps
+        return done or self._monitor.stop
+
+    @property
+    def training_iterations(self) -> int:
+        """Training iterations done so far."""
+        self._require_setup()
+        return int(self._state.iteration)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The EMA weights that draw: the monitor's choice (see ``monitor``)."""
+        self._require_setup()
+        return self._monitor.chosen
 
     def _require_setup(self):
         if self._setup is None:
@@ -394,13 +468,19 @@ class CDSInference(MCMC):
         trained_before = self.timings["training"]
         start = time.perf_counter()
 
+        monitor = self._monitor
+        if monitor.best is None:
+            monitor.observe(0, self._state.ema_params, None)
+
         def keep(state, info):
             self._state = state
             self.timings["training"] = trained_before + time.perf_counter() - start
             for name, values in info._asdict().items():
                 history[name] = np.concatenate([history.get(name, []), values])
+            monitor.observe(int(state.iteration), state.ema_params, info._asdict())
             if self.checkpoint is not None:
                 self._write_checkpoint()
+            return {"elbo": f"{monitor.latest.elbo:.4g}", "stop": monitor.stop}
 
         try:
             fit(
@@ -421,6 +501,15 @@ class CDSInference(MCMC):
             raise
         finally:
             self.timings["training"] = trained_before + time.perf_counter() - start
+        if monitor.stop:
+            warnings.warn(
+                f"{monitor.diagnosis}. Training stopped there; the sampler draws "
+                f"with its best snapshot (iteration {monitor.best.iteration}, "
+                f"held-out ELBO {monitor.best.elbo:.4g}). Lower learning_rate, or "
+                "check the model's log density where the draws went.",
+                TrainingDivergedWarning,
+                stacklevel=2,
+            )
 
     # ----------------------------------------------------------------- sampling
     @property
@@ -428,39 +517,51 @@ class CDSInference(MCMC):
         """How log-determinants are computed: ``"exact"`` or ``"stochastic"``."""
         return "exact" if self.target.dim <= EXACT_LOG_DET_MAX_DIM else "stochastic"
 
-    def _draw_flat(self, rng_key, num_samples: int, num_steps: int, weights: bool):
-        """Unconstrained flat draws, their log densities and (optionally) log weights.
+    def _flat_draws(self, rng_key, params, num_samples, num_steps, kind):
+        """Unconstrained flat draws of ``params``, their log densities and weights.
+
+        Args:
+            rng_key: PRNG key.
+            params: the sampler's weights.
+            num_samples: number of draws.
+            num_steps: steps per draw.
+            kind: None (the flow's log-determinant method), ``"path"`` (SDE steps
+                with path weights), or False (no weights).
 
         Returns:
             ``(xs, lp, log_weight, step_signs)``; the last two are None without
-            weights.  SDE draws always come with their weights (they cost nothing
-            extra) and never with step signs.
+            weights, and step signs are None for path weights.
         """
-        kind = "path" if self.sampling == "sde" else self.log_det_method
-        weights = weights or kind == "path"
-        cache_key = (num_samples, num_steps, weights, kind)
+        setup = self._setup
+        algorithm, static = setup["algorithm"], setup["static"]
+        whitening, target = setup["whitening"], setup["target"]
+        if kind is False:
+            z = algorithm.sample(rng_key, params, static, num_samples, num_steps)
+            x = whitening.unwhiten(z)
+            return x, jax.vmap(target.logdensity_fn)(x), None, None
+        kind = self.log_det_method if kind is None else kind
+        draws = algorithm.sample(rng_key, params, static, num_samples, num_steps, kind)
+        x = whitening.unwhiten(draws.x)
+        lp = jax.vmap(target.logdensity_fn)(x)
+        log_q = draws.log_density - whitening.log_det
+        signs = None if kind == "path" else draws.step_signs
+        return x, lp, lp - log_q, signs
+
+    def _draw_flat(self, rng_key, num_samples: int, num_steps: int, weights: bool):
+        """:meth:`_flat_draws` of the chosen snapshot, compiled once per shape.
+
+        SDE draws always come with their weights (they cost nothing extra).
+        """
+        kind = "path" if self.sampling == "sde" else (None if weights else False)
+        cache_key = (num_samples, num_steps, kind, self.log_det_method)
         fn = self._sample_fns.get(cache_key)
         if fn is None:
-            setup = self._setup
-            algorithm, static = setup["algorithm"], setup["static"]
-            whitening, target = setup["whitening"], setup["target"]
-
-            def draw(key, params):
-                if not weights:
-                    z = algorithm.sample(key, params, static, num_samples, num_steps)
-                    x = whitening.unwhiten(z)
-                    return x, jax.vmap(target.logdensity_fn)(x), None, None
-                draws = algorithm.sample(
-                    key, params, static, num_samples, num_steps, kind
+            fn = self._sample_fns[cache_key] = jax.jit(
+                lambda key, params: self._flat_draws(
+                    key, params, num_samples, num_steps, kind
                 )
-                x = whitening.unwhiten(draws.x)
-                lp = jax.vmap(target.logdensity_fn)(x)
-                log_q = draws.log_density - whitening.log_det
-                signs = None if kind == "path" else draws.step_signs
-                return x, lp, lp - log_q, signs
-
-            fn = self._sample_fns[cache_key] = jax.jit(draw)
-        return fn(rng_key, self._state.ema_params)
+            )
+        return fn(rng_key, self.snapshot.params)
 
     def _constrain(self, xs):
         return jax.vmap(self._setup["target"].postprocess_fn)(xs)
@@ -656,10 +757,13 @@ class CDSInference(MCMC):
         _numpyro_print_summary(samples, prob=prob, group_by_chain=True)
         losses = self.training_losses.get("diffusion_loss", np.array([np.nan]))
         tail = losses[-max(1, len(losses) // 10) :]
+        snapshot = self.snapshot
         print(
             f"CDS: {int(self._state.iteration)} training iterations "
             f"({self.timings.get('training', 0.0):.1f} s), final diffusion loss "
-            f"{np.nanmean(tail):.4g}; {self._draws_description()}."
+            f"{np.nanmean(tail):.4g}; drawing with the snapshot of iteration "
+            f"{snapshot.iteration} (held-out ELBO {snapshot.elbo:.4g}); "
+            f"{self._draws_description()}."
         )
         summary = self.weights_summary
         verdict = "unreliable" if summary.pareto_k > KHAT_THRESHOLD else "ok"

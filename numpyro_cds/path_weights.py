@@ -86,6 +86,7 @@ def run_sde(
     num_steps: int,
     clip: Float[Array, ""],
     prior_bound: float,
+    use_target_score: bool = True,
 ) -> PathDraws:
     """Push prior draws through ``num_steps`` Euler-Maruyama steps of the SDE.
 
@@ -98,6 +99,8 @@ def run_sde(
         num_steps: number of equal steps from ``t = 0`` to ``t = 1``.
         clip: element-wise clip of the control's parts.
         prior_bound: truncation of the prior.
+        use_target_score: False evaluates the controls without the target score
+            (see :func:`~numpyro_cds.diffusion.control`).
 
     Returns:
         :class:`PathDraws`.
@@ -126,12 +129,13 @@ def run_sde(
 
     log_prior = jax.vmap(lambda x: truncated_normal_logdensity(x, prior_bound))(x0)
     # At t = 0 the target score has weight zero in the control: skip evaluating it.
-    carry = advance(x0, log_prior, 0.0, keys[0], jnp.zeros_like(x0))
+    carry = advance(x0, log_prior, 0.0, keys[0], None)
 
     def body(carry, inputs):
         x, cost = carry
         t, key = inputs
-        return advance(x, cost, t, key, jax.vmap(score_fn)(x)), None
+        scores = jax.vmap(score_fn)(x) if use_target_score else None
+        return advance(x, cost, t, key, scores), None
 
     (x, log_density), _ = jax.lax.scan(
         body, carry, (jnp.arange(1, num_steps) * dt, keys[1:])

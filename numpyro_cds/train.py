@@ -31,6 +31,8 @@ class TrainConfig:
         final_learning_rate_fraction: the learning rate decays exponentially to this
             fraction of its initial value at the last iteration.
         max_grad_norm: global-norm clip of each update.
+        weight_decay: coupled L2 penalty added to the gradients before the clip
+            (PyTorch Adam's ``weight_decay``; the SCDS reference uses 1e-7).
         chunk_size: iterations compiled into one ``lax.scan`` (one host sync each).
     """
 
@@ -38,6 +40,7 @@ class TrainConfig:
     learning_rate: float = 5e-3
     final_learning_rate_fraction: float = 0.02
     max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
     chunk_size: int = 50
 
     def __post_init__(self):
@@ -53,12 +56,16 @@ class TrainConfig:
             raise ValueError("final_learning_rate_fraction must lie in (0, 1].")
         if not self.max_grad_norm > 0:
             raise ValueError("max_grad_norm must be positive.")
+        if not self.weight_decay >= 0:
+            raise ValueError(
+                f"weight_decay must be non-negative, got {self.weight_decay}."
+            )
 
 
 def default_optimizer(
     config: TrainConfig, updates_per_step: int = 2
 ) -> optax.GradientTransformation:
-    """NaNs zeroed, non-finite updates skipped, global-norm clip, decaying Adam."""
+    """NaNs zeroed, non-finite updates skipped, weight decay, clip, decaying Adam."""
     total_updates = updates_per_step * config.num_train_steps
     schedule = optax.exponential_decay(
         config.learning_rate,
@@ -70,7 +77,9 @@ def default_optimizer(
         optax.zero_nans(),
         optax.apply_if_finite(
             optax.chain(
-                optax.clip_by_global_norm(config.max_grad_norm), optax.adam(schedule)
+                optax.add_decayed_weights(config.weight_decay),
+                optax.clip_by_global_norm(config.max_grad_norm),
+                optax.adam(schedule),
             ),
             max_consecutive_errors=1_000_000,
         ),
@@ -120,7 +129,9 @@ def fit(
         chunk_size: iterations per compiled ``lax.scan``.
         progress_bar: show a tqdm bar with the current loss.
         on_chunk: called with ``(state, info)`` after every chunk (e.g. to keep the
-            state safe against interruption).
+            state safe against interruption, or to score it).  It may return a dict:
+            its entries are shown on the progress bar, and ``"stop": True`` ends the
+            training there.
         loss_name: field of ``info`` shown on the progress bar.
 
     Returns:
@@ -146,10 +157,14 @@ def fit(
             done = int(state.iteration) - before
             info = jax.tree.map(lambda a, n=done: np.asarray(a)[:n], info)
             infos.append(info)
-            if on_chunk is not None:
-                on_chunk(state, info)
+            shown = {} if on_chunk is None else dict(on_chunk(state, info) or {})
+            stop = shown.pop("stop", False)
             bar.update(done)
-            bar.set_postfix(loss=f"{np.nanmean(getattr(info, loss_name)):.4g}")
+            bar.set_postfix(
+                loss=f"{np.nanmean(getattr(info, loss_name)):.4g}", **shown
+            )
+            if stop:
+                break
     if not infos:
         return state, None
     return state, jax.tree.map(lambda *a: np.concatenate(a), *infos)
