@@ -310,9 +310,9 @@ def _run_cds(
                 sample_seconds=seconds,
                 network_evaluations=num_steps,
                 gradient_evaluations=training_gradients
-                + (num_steps - 1) * budget.num_draws * config.uses_target_score(
-                    num_steps
-                ),
+                + (num_steps - 1)
+                * budget.num_draws
+                * config.uses_target_score(num_steps),
                 info=info,
             )
         )
@@ -340,9 +340,7 @@ def run_scds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun
 
 
 @register_method("scds-paper", default=False)
-def run_scds_paper(
-    target: BenchmarkTarget, budget: Budget, rng_key
-) -> list[MethodRun]:
+def run_scds_paper(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
     """The reference code's protocol (:func:`paper_preset`), rows ``SCDS-paper(k)``.
 
     Training length, batch and ``N`` come from the budget's settings for the target.

@@ -2,7 +2,8 @@
 
 from .consistency import ConsistencyConfig, consistency_sampler
 from .importance import ImportanceSummary, summarize_weights
-from .infer import CDSInference, UnreliableDrawsWarning
+from .infer import CDSInference, TrainingDivergedWarning, UnreliableDrawsWarning
+from .monitor import MonitorConfig
 from .networks import ControlNetwork, TimeEmbedding
 from .sde import AbstractSchedule, LinearSchedule
 from .target import Target, target_from_model
@@ -14,6 +15,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CDSInference",
     "UnreliableDrawsWarning",
+    "TrainingDivergedWarning",
+    "MonitorConfig",
     "ImportanceSummary",
     "summarize_weights",
     "Target",

@@ -42,6 +42,7 @@ from .sde import AbstractSchedule, LinearSchedule
 
 __all__ = [
     "ConsistencyConfig",
+    "default_prior_bound",
     "SCDSState",
     "SCDSInfo",
     "SamplerAlgorithm",
@@ -52,6 +53,25 @@ __all__ = [
 
 def _is_power_of_two(n: int) -> bool:
     return isinstance(n, int) and n >= 1 and n & (n - 1) == 0
+
+
+#: Prior mass left out, in all dimensions together, by the default truncation.
+PRIOR_MASS_LEFT_OUT = 1e-3
+
+
+def default_prior_bound(dim: int) -> float:
+    """Element-wise bound that leaves out :data:`PRIOR_MASS_LEFT_OUT` of ``N(0, I)``.
+
+    ``P(|z_i| > b) = 1e-3 / dim`` per coordinate: 3.89 in 10 dimensions (the SCDS
+    reference's bound), 4.98 in 1600.
+
+    Example:
+        >>> round(default_prior_bound(10), 2), round(default_prior_bound(1600), 2)
+        (3.89, 4.98)
+    """
+    from scipy.special import ndtri
+
+    return float(-ndtri(0.5 * PRIOR_MASS_LEFT_OUT / dim))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,11 +92,14 @@ class ConsistencyConfig:
         clip_growth: factor applied to the clip at each of ``clip_milestones``.
         clip_milestones: iterations at which the clip grows.
         ema_decay: cap of the EMA decay ``min(ema_decay, 1 - (1 + it) ** -0.9)``.
-        prior_bound: truncation of the ``N(0, I)`` prior draws of the training paths
-            (``+-bound``).
-        sampling_prior_bound: truncation of the prior when drawing.  Importance
-            weights and ``log Z`` miss the target mass outside the image of this box,
-            a relative ``2e-9`` per dimension at the default 6.
+        prior_bound: element-wise truncation ``+-bound`` of the ``N(0, I)`` prior
+            draws of the training paths.  None: :func:`default_prior_bound` of the
+            dimension, which leaves out ``1e-3`` of the prior's mass in all.
+        sampling_prior_bound: truncation of the prior when drawing; None: the
+            training paths' bound.  Draws from beyond the trained box land where
+            the network never learned (a draw at 6 sd can be thrown orders of
+            magnitude away); the importance weights and ``log Z`` miss the target
+            mass outside the image of the box (about ``1e-3`` at the default).
         max_rnd: paths with a log RND above this are left out of the loss.
         target_score_max_step: the largest step, in training steps ``1 / N``, whose
             control sees the target score; larger steps (in the self-consistency
@@ -107,8 +130,8 @@ class ConsistencyConfig:
     clip_growth: float = 5.0
     clip_milestones: tuple[int, ...] = (200, 400)
     ema_decay: float = 0.99
-    prior_bound: float = 3.89
-    sampling_prior_bound: float = 6.0
+    prior_bound: float | None = None
+    sampling_prior_bound: float | None = None
     max_rnd: float = 1e8
     target_score_max_step: int | None = 1
     teacher: str = "ema"
@@ -127,10 +150,15 @@ class ConsistencyConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (the loss is a variance).")
-        positive = ("initial_clip", "clip_growth", "prior_bound", "max_rnd")
-        for name in positive + ("sampling_prior_bound",):
+        for name in ("initial_clip", "clip_growth", "max_rnd"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        for name in ("prior_bound", "sampling_prior_bound"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(
+                    f"{name} must be positive or None (automatic), got {value}."
+                )
         for name in ("consistency_weight", "volume_weight"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(
@@ -156,6 +184,18 @@ class ConsistencyConfig:
             )
         if isinstance(self.ema_start, bool) or not isinstance(self.ema_start, int):
             raise ValueError(f"ema_start must be an int, got {self.ema_start!r}.")
+
+    def training_bound(self, dim: int) -> float:
+        """Truncation of the training paths' prior draws in ``dim`` dimensions."""
+        return (
+            default_prior_bound(dim) if self.prior_bound is None else self.prior_bound
+        )
+
+    def drawing_bound(self, dim: int) -> float:
+        """Truncation of the prior when drawing in ``dim`` dimensions."""
+        if self.sampling_prior_bound is None:
+            return self.training_bound(dim)
+        return self.sampling_prior_bound
 
     def uses_target_score(self, num_steps: int) -> bool:
         """Whether drawing with ``num_steps`` equal steps evaluates the target score."""
@@ -248,6 +288,8 @@ def self_consistency_loss(
         volume: also compute the volume-consistency loss.
         target_score_max_step: steps larger than this many ``1 / N`` use controls
             without the target score (:class:`ConsistencyConfig`); None: none.
+        velocity: divide each squared state error by ``d**2`` (``consistency_space``
+            ``"velocity"`` of :class:`ConsistencyConfig`).
 
     Returns:
         ``(state_loss, volume_loss)``: ``mean((x_teacher - x_student)**2) / dim`` and
@@ -273,9 +315,9 @@ def self_consistency_loss(
     def step(network, x, score, t, dt, weight):
         # The new state reuses the score at x; the log-determinant differentiates the
         # step as a function of x, score included.
-        x_next = flow_step_fn(
-            network, schedule, lambda _: score, t, dt, clip, weight
-        )(x)
+        x_next = flow_step_fn(network, schedule, lambda _: score, t, dt, clip, weight)(
+            x
+        )
         if not volume:
             return x_next, jnp.nan
         as_function = flow_step_fn(network, schedule, score_fn, t, dt, clip, weight)
@@ -369,7 +411,7 @@ def consistency_sampler(
             dim=dim,
             num_steps=config.num_sde_steps,
             clip=clip,
-            prior_bound=config.prior_bound,
+            prior_bound=config.training_bound(dim),
         )
 
         def diffusion_objective(params):
@@ -438,7 +480,7 @@ def consistency_sampler(
             )
         network = eqx.combine(params, static)
         clip = config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max))
-        bound = config.sampling_prior_bound
+        bound = config.drawing_bound(dim)
         x0 = sample_prior(rng_key, (num_samples, dim), bound)
         with_score = config.uses_target_score(num_steps)
         if log_density is None:

@@ -367,7 +367,7 @@ class CDSInference(MCMC):
         return payload
 
     def _held_out_score_fn(self, rng_key) -> Callable:
-        """``params -> log weights`` of held-out ``num_steps``-step draws (fixed key)."""
+        """``params -> log weights`` of held-out ``num_steps``-step draws, fixed key."""
         kind = "path" if self.sampling == "sde" else None
 
         def score(params):
@@ -424,8 +424,10 @@ class CDSInference(MCMC):
 
     @property
     def is_trained(self) -> bool:
-        """Whether training for the current model arguments has finished (or stopped
-        because it diverged)."""
+        """Whether training for the current model arguments has finished.
+
+        A training that diverged and was stopped counts as finished.
+        """
         if self._state is None:
             return False
         done = int(self._state.iteration) >= self.train_config.num_train_steps
@@ -591,19 +593,22 @@ class CDSInference(MCMC):
             Dict of constrained latent and deterministic sites, leading axis
             ``num_samples``; with ``log_weights=True``, the pair ``(samples,
             log_weights)``, where a draw whose model log density is NaN gets weight
-            zero (log weight ``-inf``), with an :class:`UnreliableDrawsWarning`.
+            zero (log weight ``-inf``), with an :class:`UnreliableDrawsWarning`; a
+            flow step that folds space (see :func:`~numpyro_cds.flow.folded_steps`)
+            also raises one.
         """
         self._require_trained()
         num_samples = _check_count("num_samples", num_samples)
         num_steps = (
             self.num_steps if num_steps is None else self._check_num_steps(num_steps)
         )
-        xs, _, weights, _ = self._draw_flat(
+        xs, _, weights, signs = self._draw_flat(
             _as_key(rng_key), num_samples, num_steps, log_weights
         )
         samples = self._constrain(xs)
         if not log_weights:
             return samples
+        self._warn_if_folded(signs, num_steps)
         return samples, self._checked_log_weights(weights)
 
     def _require_trained(self):
@@ -708,16 +713,19 @@ class CDSInference(MCMC):
                 UnreliableDrawsWarning,
                 stacklevel=3,
             )
+        self._warn_if_folded(step_signs, self.num_steps)
+
+    def _warn_if_folded(self, step_signs, num_steps: int) -> None:
         # Path weights are exact whatever the steps do; flow weights need invertibility.
         exact_flow = self.sampling == "flow" and self.log_det_method == "exact"
         folds = folded_steps(step_signs) if exact_flow else []
         if folds:
             warnings.warn(
-                f"Flow steps {folds} of {self.num_steps} fold space (their Jacobian "
+                f"Flow steps {folds} of {num_steps} fold space (their Jacobian "
                 "determinant changes sign between draws), so the importance weights "
                 "are not exact. Draw with more steps or train longer.",
                 UnreliableDrawsWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def log_evidence(self) -> tuple[float, float]:

@@ -1,12 +1,13 @@
-"""Watching a training run: held-out scores of the sampler, the best snapshot, divergence.
+"""Watching a training run: held-out scores, the best snapshot, divergence.
 
 Training the consistency sampler longer does not always make its few-step draws
 better (``docs/design.rst``, "Training monitor"), and a training can diverge (the loss
 jumps by orders of magnitude, or most paths leave the loss).  After every chunk of
 iterations :class:`TrainingMonitor` scores the EMA weights on a fixed held-out batch
-of draws by the **ELBO of their importance weights**, ``mean log w = log Z - KL(q || p)``
-for the draws' own density ``q`` (exact weights, so the score ranks snapshots by their
-reverse KL to the posterior, with a standard error of about ``sd(log w) / sqrt(n)``),
+of draws by the **ELBO of their importance weights**,
+``mean log w = log Z - KL(q || p)`` for the draws' own density ``q`` (exact weights, so
+the score ranks snapshots by their reverse KL to the posterior, with a standard error
+of about ``sd(log w) / sqrt(n)``),
 keeps the best snapshot, and stops the training with a diagnosis when it diverges.
 The snapshot before any training, the whitening Gaussian (the flow of an untrained
 network is the identity), is scored too, so the sampler handed back is never worse than

@@ -160,9 +160,7 @@ def fit(
             shown = {} if on_chunk is None else dict(on_chunk(state, info) or {})
             stop = shown.pop("stop", False)
             bar.update(done)
-            bar.set_postfix(
-                loss=f"{np.nanmean(getattr(info, loss_name)):.4g}", **shown
-            )
+            bar.set_postfix(loss=f"{np.nanmean(getattr(info, loss_name)):.4g}", **shown)
             if stop:
                 break
     if not infos:

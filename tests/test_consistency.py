@@ -69,7 +69,7 @@ def test_untrained_sampler_for_target_prior_returns_prior_draws(num_steps):
     algo = _algorithm()
     state, static = algo.init(jax.random.key(0))
     xs = algo.sample(jax.random.key(5), state.params, static, 100, num_steps)
-    expected = sample_prior(jax.random.key(5), (100, 3), CONFIG.sampling_prior_bound)
+    expected = sample_prior(jax.random.key(5), (100, 3), CONFIG.drawing_bound(3))
     np.testing.assert_allclose(xs, expected, atol=1e-5)
 
 
@@ -116,3 +116,65 @@ def test_clip_schedule():
     config = ConsistencyConfig()
     clips = [float(config.clip(jnp.asarray(i))) for i in (0, 199, 200, 400, 10**6)]
     assert clips == [10.0, 10.0, 50.0, 250.0, 250.0]
+
+
+def _quartic(x):
+    return -jnp.sum(x**4)
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 4])
+def test_untrained_large_steps_without_the_target_score_are_the_identity(num_steps):
+    """Steps above target_score_max_step see only the prior score: identity at init,
+    whatever the target, and no target gradient is evaluated."""
+    config = ConsistencyConfig(num_sde_steps=8, batch_size=16, width=16)
+    assert not config.uses_target_score(num_steps)
+
+    def no_gradient(x):
+        return jax.lax.stop_gradient(jnp.nan) * jnp.sum(x)
+
+    algo = consistency_sampler(no_gradient, 3, config, optax.adam(1e-3))
+    state, static = algo.init(jax.random.key(0))
+    draws = algo.sample(jax.random.key(5), state.params, static, 50, num_steps, "exact")
+    expected = sample_prior(jax.random.key(5), (50, 3), config.drawing_bound(3))
+    np.testing.assert_allclose(draws.x, expected, atol=1e-5)
+    assert np.all(np.asarray(draws.step_signs) == 1.0)
+
+
+def test_steps_with_the_target_score_move_an_untrained_flow():
+    """At k = N (the training paths' step) the Langevin term holds the target score."""
+    config = ConsistencyConfig(num_sde_steps=8, batch_size=16, width=16)
+    assert config.uses_target_score(8)
+    paper = ConsistencyConfig(num_sde_steps=8, target_score_max_step=None)
+    assert paper.uses_target_score(1) and paper.uses_target_score(2)
+    algo = consistency_sampler(_quartic, 2, config, optax.adam(1e-3))
+    state, static = algo.init(jax.random.key(0))
+    xs = algo.sample(jax.random.key(5), state.params, static, 50, 8)
+    prior = sample_prior(jax.random.key(5), (50, 2), config.drawing_bound(2))
+    assert float(jnp.max(jnp.abs(xs - prior))) > 1e-2
+
+
+def test_default_prior_bound_leaves_out_a_fixed_mass():
+    from scipy.stats import norm
+
+    from numpyro_cds.consistency import PRIOR_MASS_LEFT_OUT, default_prior_bound
+
+    for dim in (1, 10, 1600):
+        left_out = dim * 2 * norm.sf(default_prior_bound(dim))
+        assert left_out == pytest.approx(PRIOR_MASS_LEFT_OUT, rel=1e-6)
+    config = ConsistencyConfig()
+    assert config.drawing_bound(10) == config.training_bound(10)
+    assert ConsistencyConfig(sampling_prior_bound=6.0).drawing_bound(10) == 6.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target_score_max_step": 3}, "target_score_max_step"),
+        ({"teacher": "student"}, "teacher"),
+        ({"consistency_space": "time"}, "consistency_space"),
+        ({"prior_bound": -1.0}, "prior_bound"),
+    ],
+)
+def test_new_settings_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConsistencyConfig(**kwargs)

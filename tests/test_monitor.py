@@ -1,0 +1,94 @@
+"""Training monitor: best snapshot by held-out ELBO, divergence stops the training."""
+
+import warnings
+
+import jax
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+from numpyro_cds import CDSInference, TrainingDivergedWarning
+from numpyro_cds.monitor import MonitorConfig, TrainingMonitor
+
+
+def _losses(value, n=50):
+    return {"diffusion_loss": np.full(n, value), "kept_fraction": np.ones(n)}
+
+
+def test_keeps_the_snapshot_with_the_highest_held_out_elbo():
+    # "params" is the mean log weight itself here.
+    monitor = TrainingMonitor(lambda p: np.full(4, p), MonitorConfig())
+    for iteration, elbo in [(0, -2.0), (50, -1.0), (100, -1.5)]:
+        monitor.observe(iteration, elbo, None if iteration == 0 else _losses(1.0))
+    assert monitor.best.iteration == 50 and monitor.chosen.params == -1.0
+    last = TrainingMonitor(lambda p: np.full(4, p), MonitorConfig(keep_best=False))
+    for iteration, elbo in [(0, -2.0), (50, -1.0), (100, -1.5)]:
+        last.observe(iteration, elbo, None)
+    assert last.chosen.iteration == 100
+
+
+def test_a_non_finite_weight_makes_a_snapshot_the_worst():
+    monitor = TrainingMonitor(lambda p: np.array([0.0, p]), MonitorConfig())
+    monitor.observe(0, -5.0, None)
+    monitor.observe(50, -np.inf, _losses(1.0))
+    assert monitor.best.iteration == 0
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (_losses(1e4), "times its lowest"),
+        (_losses(np.nan), "not finite"),
+        ({"diffusion_loss": np.ones(50), "kept_fraction": np.full(50, 0.2)}, "kept"),
+    ],
+)
+def test_divergence_needs_patience_then_stops(bad, match):
+    monitor = TrainingMonitor(lambda p: np.zeros(2), MonitorConfig(patience=2))
+    monitor.observe(50, 0, _losses(1.0))
+    monitor.observe(100, 0, bad)
+    assert not monitor.stop
+    monitor.observe(150, 0, _losses(1.0))  # a good chunk resets the count
+    monitor.observe(200, 0, bad)
+    assert not monitor.stop
+    monitor.observe(250, 0, bad)
+    assert monitor.stop and match in monitor.diagnosis
+    assert "iteration 250" in monitor.diagnosis
+
+
+def _normal_model():
+    numpyro.sample("x", dist.Normal(1.0, 2.0).expand([2]).to_event(1))
+
+
+SMALL = dict(num_train_steps=40, batch_size=16, num_sde_steps=4, chunk_size=10)
+
+
+def test_a_diverging_training_stops_with_a_diagnosis_and_draws_its_best_snapshot():
+    """A hair-trigger divergence factor makes any loss rise count as divergence."""
+    cds = CDSInference(
+        _normal_model,
+        num_samples=50,
+        progress_bar=False,
+        correction=None,
+        monitor=MonitorConfig(divergence_factor=1.0 + 1e-9, patience=1),
+        whitening=None,
+        **{**SMALL, "num_train_steps": 400},
+    )
+    with pytest.warns(TrainingDivergedWarning, match="diverged by iteration"):
+        cds.run(jax.random.key(0))
+    assert cds.is_trained
+    assert cds.training_iterations < 400
+    assert cds.snapshot.iteration <= cds.training_iterations
+    assert cds.get_samples()["x"].shape == (50, 2)
+
+
+def test_the_untrained_whitening_gaussian_is_a_candidate():
+    """A Gaussian posterior: the fitted whitening is exact, so nothing beats step 0."""
+    cds = CDSInference(
+        _normal_model, num_samples=200, progress_bar=False, correction=None, **SMALL
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingDivergedWarning)
+        cds.run(jax.random.key(1))
+    assert cds.snapshot.iteration == 0
+    assert cds.weights_summary.ess > 0.99
