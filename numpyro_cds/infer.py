@@ -149,9 +149,10 @@ class CDSInference(MCMC):
             precedence.
         monitor: the training monitor's settings
             (:class:`~numpyro_cds.monitor.MonitorConfig`): after every chunk the EMA
-            weights are scored by the ELBO of held-out draws with ``num_steps``
-            steps, the best snapshot (the untrained whitening Gaussian included) is
-            the one that draws, and a diverging training is stopped with a
+            weights are scored by the Jeffreys divergence of held-out draws with
+            ``num_steps`` steps, estimated from their importance weights; the best
+            snapshot (the untrained whitening Gaussian included) is the one that
+            draws, and a diverging training is stopped with a
             :class:`TrainingDivergedWarning`.
         chunk_size: training iterations per compiled chunk (one progress update and
             one held-out score each; default: ``train``'s).
@@ -325,7 +326,7 @@ class CDSInference(MCMC):
             history = restored["losses"]
             best = Snapshot(
                 restored["best_iteration"],
-                restored["best_elbo"],
+                restored["best_divergence"],
                 self._restore_state(restored["best_params"], state.ema_params),
             )
             loss_floor = restored["loss_floor"]
@@ -398,7 +399,7 @@ class CDSInference(MCMC):
             "state": jax.device_get(self._state),
             "whitening": jax.device_get(self._setup["whitening"]),
             "best_iteration": self._monitor.best.iteration,
-            "best_elbo": self._monitor.best.elbo,
+            "best_divergence": self._monitor.best.divergence,
             "best_params": jax.device_get(self._monitor.best.params),
             "loss_floor": self._monitor.loss_floor,
             "diagnosis": self._monitor.diagnosis,
@@ -482,7 +483,7 @@ class CDSInference(MCMC):
             monitor.observe(int(state.iteration), state.ema_params, info._asdict())
             if self.checkpoint is not None:
                 self._write_checkpoint()
-            return {"elbo": f"{monitor.latest.elbo:.4g}", "stop": monitor.stop}
+            return {"J": f"{monitor.latest.divergence:.3g}", "stop": monitor.stop}
 
         try:
             fit(
@@ -507,7 +508,8 @@ class CDSInference(MCMC):
             warnings.warn(
                 f"{monitor.diagnosis}. Training stopped there; the sampler draws "
                 f"with its best snapshot (iteration {monitor.best.iteration}, "
-                f"held-out ELBO {monitor.best.elbo:.4g}). Lower learning_rate, or "
+                f"held-out divergence {monitor.best.divergence:.3g}). Lower "
+                "learning_rate, or "
                 "check the model's log density where the draws went.",
                 TrainingDivergedWarning,
                 stacklevel=2,
@@ -770,7 +772,8 @@ class CDSInference(MCMC):
             f"CDS: {int(self._state.iteration)} training iterations "
             f"({self.timings.get('training', 0.0):.1f} s), final diffusion loss "
             f"{np.nanmean(tail):.4g}; drawing with the snapshot of iteration "
-            f"{snapshot.iteration} (held-out ELBO {snapshot.elbo:.4g}); "
+            f"{snapshot.iteration} (held-out Jeffreys divergence "
+            f"{snapshot.divergence:.3g}); "
             f"{self._draws_description()}."
         )
         summary = self.weights_summary

@@ -4,14 +4,18 @@ Training the consistency sampler longer does not always make its few-step draws
 better (``docs/design.rst``, "Training monitor"), and a training can diverge (the loss
 jumps by orders of magnitude, or most paths leave the loss).  After every chunk of
 iterations :class:`TrainingMonitor` scores the EMA weights on a fixed held-out batch
-of draws by the **ELBO of their importance weights**,
-``mean log w = log Z - KL(q || p)`` for the draws' own density ``q`` (exact weights, so
-the score ranks snapshots by their reverse KL to the posterior, with a standard error
-of about ``sd(log w) / sqrt(n)``),
-keeps the best snapshot, and stops the training with a diagnosis when it diverges.
-The snapshot before any training, the whitening Gaussian (the flow of an untrained
-network is the identity), is scored too, so the sampler handed back is never worse than
-that starting point on this score.
+of draws by an estimate of the **symmetric (Jeffreys) divergence** between the draws'
+density ``q`` and the posterior ``p``, from their exact importance weights ``w``:
+
+``J = KL(p || q) + KL(q || p) = E_p[log w] - E_q[log w]``,
+
+with ``E_p`` estimated by self-normalised importance sampling and ``E_q`` by the plain
+mean (``log Z`` cancels).  The reverse KL alone (the ELBO) rewards a sampler that is
+too narrow; the forward KL alone rewards one that is too wide; raw draws suffer from
+both.  The snapshot with the smallest ``J`` is kept, and the training is stopped with a
+diagnosis when it diverges.  The snapshot before any training, the whitening Gaussian
+(the flow of an untrained network is the identity), is scored too, so the sampler
+handed back is never worse than that starting point on this score.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["MonitorConfig", "Snapshot", "TrainingMonitor"]
+__all__ = ["MonitorConfig", "Snapshot", "TrainingMonitor", "jeffreys_divergence"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,20 +68,35 @@ class Snapshot(NamedTuple):
 
     Attributes:
         iteration: training iterations done when it was taken.
-        elbo: held-out mean log weight (``-inf`` if any weight was not finite).
+        divergence: held-out estimate of the Jeffreys divergence
+            (:func:`jeffreys_divergence`; ``inf`` if a weight was not finite).
         params: the weights.
     """
 
     iteration: int
-    elbo: float
+    divergence: float
     params: Any
 
 
-def _elbo(log_weights) -> float:
+def jeffreys_divergence(log_weights) -> float:
+    """``KL(p || q) + KL(q || p)`` from importance log weights of draws from ``q``.
+
+    ``E_p[log w] - E_q[log w]``: the self-normalised weighted mean of the log weights
+    minus their plain mean.  Zero when all weights are equal; ``inf`` if a log weight
+    is not finite (a draw outside the target's support, or NaN).
+
+    Example:
+        >>> jeffreys_divergence([0.0, 0.0, 0.0])
+        0.0
+        >>> round(jeffreys_divergence([0.0, 1.0]), 4)
+        0.2311
+    """
     log_weights = np.asarray(log_weights, np.float64)
     if not np.all(np.isfinite(log_weights)):
-        return -np.inf
-    return float(np.mean(log_weights))
+        return np.inf
+    normalised = np.exp(log_weights - np.max(log_weights))
+    normalised /= np.sum(normalised)
+    return float(np.sum(normalised * log_weights) - np.mean(log_weights))
 
 
 class TrainingMonitor:
@@ -92,11 +111,11 @@ class TrainingMonitor:
 
     Example:
         >>> import numpy as np
-        >>> monitor = TrainingMonitor(lambda p: np.array([p, p - 1.0]), MonitorConfig())
-        >>> monitor.observe(0, -3.0, None)
-        >>> monitor.observe(50, -1.0, {"diffusion_loss": np.ones(50)})
-        >>> monitor.best.iteration, monitor.best.elbo
-        (50, -1.5)
+        >>> monitor = TrainingMonitor(lambda p: np.array([0.0, p]), MonitorConfig())
+        >>> monitor.observe(0, 3.0, None)
+        >>> monitor.observe(50, 1.0, {"diffusion_loss": np.ones(50)})
+        >>> monitor.best.iteration, round(monitor.best.divergence, 4)
+        (50, 0.2311)
     """
 
     def __init__(
@@ -123,9 +142,10 @@ class TrainingMonitor:
             info: the chunk's per-iteration ``diffusion_loss`` and ``kept_fraction``
                 (None before training).
         """
-        snapshot = Snapshot(iteration, _elbo(self.score_fn(params)), params)
+        divergence = jeffreys_divergence(self.score_fn(params))
+        snapshot = Snapshot(iteration, divergence, params)
         self.latest = snapshot
-        if self.best is None or snapshot.elbo > self.best.elbo:
+        if self.best is None or snapshot.divergence < self.best.divergence:
             self.best = snapshot
         if info is not None:
             self._check_divergence(iteration, info)

@@ -9,30 +9,43 @@ import numpyro.distributions as dist
 import pytest
 
 from numpyro_cds import CDSInference, TrainingDivergedWarning
-from numpyro_cds.monitor import MonitorConfig, TrainingMonitor
+from numpyro_cds.monitor import MonitorConfig, TrainingMonitor, jeffreys_divergence
 
 
 def _losses(value, n=50):
     return {"diffusion_loss": np.full(n, value), "kept_fraction": np.ones(n)}
 
 
-def test_keeps_the_snapshot_with_the_highest_held_out_elbo():
-    # "params" is the mean log weight itself here.
-    monitor = TrainingMonitor(lambda p: np.full(4, p), MonitorConfig())
-    for iteration, elbo in [(0, -2.0), (50, -1.0), (100, -1.5)]:
-        monitor.observe(iteration, elbo, None if iteration == 0 else _losses(1.0))
-    assert monitor.best.iteration == 50 and monitor.chosen.params == -1.0
-    last = TrainingMonitor(lambda p: np.full(4, p), MonitorConfig(keep_best=False))
-    for iteration, elbo in [(0, -2.0), (50, -1.0), (100, -1.5)]:
-        last.observe(iteration, elbo, None)
+def _spread(p):
+    """Log weights of two draws ``(0, p)``: the divergence grows with ``|p|``."""
+    return np.array([0.0, p])
+
+
+def test_keeps_the_snapshot_with_the_smallest_held_out_divergence():
+    monitor = TrainingMonitor(_spread, MonitorConfig())
+    for iteration, spread in [(0, 2.0), (50, 0.5), (100, 1.0)]:
+        monitor.observe(iteration, spread, None if iteration == 0 else _losses(1.0))
+    assert monitor.best.iteration == 50 and monitor.chosen.params == 0.5
+    last = TrainingMonitor(_spread, MonitorConfig(keep_best=False))
+    for iteration, spread in [(0, 2.0), (50, 0.5), (100, 1.0)]:
+        last.observe(iteration, spread, None)
     assert last.chosen.iteration == 100
 
 
 def test_a_non_finite_weight_makes_a_snapshot_the_worst():
-    monitor = TrainingMonitor(lambda p: np.array([0.0, p]), MonitorConfig())
-    monitor.observe(0, -5.0, None)
+    monitor = TrainingMonitor(_spread, MonitorConfig())
+    monitor.observe(0, 5.0, None)
     monitor.observe(50, -np.inf, _losses(1.0))
     assert monitor.best.iteration == 0
+
+
+@pytest.mark.parametrize("scale", [0.7, 1.3])
+def test_jeffreys_divergence_of_gaussians(scale):
+    """q = N(0, s^2), p = N(0, 1): J = (s^2 + 1 / s^2 - 2) / 2, either way of s."""
+    x = scale * np.random.default_rng(0).standard_normal(400_000)
+    log_weights = -0.5 * x**2 + 0.5 * (x / scale) ** 2 + np.log(scale)
+    exact = 0.5 * (scale**2 + scale**-2 - 2.0)
+    assert jeffreys_divergence(log_weights) == pytest.approx(exact, rel=0.05)
 
 
 @pytest.mark.parametrize(
