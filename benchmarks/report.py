@@ -197,6 +197,7 @@ def _reference_table(targets: dict) -> list[str]:
         "posterior",
         "D",
         "reference",
+        "whitening only mean err / log sd",
         "SCDS(1) mean err / log sd",
         "SCDS(N) mean err / log sd",
         "SCDS(1)+resample mean err / log sd",
@@ -205,6 +206,7 @@ def _reference_table(targets: dict) -> list[str]:
         "SCDS iterations x batch",
         "SCDS train + sample s",
         "NUTS s",
+        "whitening only log Z +- se / ESS / k-hat",
         "SCDS(1) log Z +- se / ESS / k-hat",
         "MCMC correction s / gradient evals",
         "SCDS gradient evals",
@@ -231,6 +233,7 @@ def _reference_table(targets: dict) -> list[str]:
                 name,
                 target["dim"],
                 target["reference"],
+                errors("whitening only"),
                 errors("SCDS(1)"),
                 f"{errors(largest)} (N={scds_steps(largest)})" if largest else None,
                 errors("SCDS(1)+resample"),
@@ -245,6 +248,7 @@ def _reference_table(targets: dict) -> list[str]:
                 f"{nuts['train_seconds'] + nuts['sample_seconds']:.1f}"
                 if nuts
                 else None,
+                _weights_cell(by_method.get("whitening only")),
                 _weights_cell(scds),
                 _correction_cell(by_method.get("SCDS(1)+MCMC")),
                 scds["gradient_evaluations"] if scds else None,
