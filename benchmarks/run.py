@@ -60,7 +60,27 @@ def _posterior_targets(root: str) -> list[BenchmarkTarget]:
                 description="posteriordb reference draws",
             )
         )
+    targets.append(_stochastic_volatility_target())
     return targets
+
+
+def _stochastic_volatility_target() -> BenchmarkTarget:
+    """The 103-D stochastic-volatility posterior, with its NUTS reference.
+
+    The reference is cached in ``results/sv_reference.npz`` (made in about a minute
+    when missing).
+    """
+    from . import stochastic_volatility as sv
+
+    y = sv.simulate_returns()
+    return BenchmarkTarget(
+        name="stochastic_volatility-100_days",
+        model=sv.stochastic_volatility,
+        model_args=(y,),
+        dim=target_from_model(jax.random.key(0), sv.stochastic_volatility, (y,)).dim,
+        reference=sv.reference_draws(os.path.join("results", "sv_reference.npz")),
+        description="long NUTS reference, R-hat checked (benchmarks.stochastic_volatility)",
+    )
 
 
 def load_targets(

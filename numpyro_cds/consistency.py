@@ -482,40 +482,18 @@ def consistency_sampler(
         clip = config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max))
         bound = config.drawing_bound(dim)
         x0 = sample_prior(rng_key, (num_samples, dim), bound)
+        common = (network, schedule, score_fn, x0, num_steps, clip)
         with_score = config.uses_target_score(num_steps)
         if log_density is None:
-            return run_flow(
-                network,
-                schedule,
-                score_fn,
-                x0,
-                num_steps,
-                clip,
-                use_target_score=with_score,
-            ).x
+            return run_flow(*common, use_target_score=with_score).x
+        key = jax.random.fold_in(rng_key, 1)
         if log_density == "path":
-            noise_key = jax.random.fold_in(rng_key, 1)
-            return run_sde(
-                noise_key,
-                network,
-                schedule,
-                score_fn,
-                x0,
-                num_steps,
-                clip,
-                bound,
-                use_target_score=with_score,
-            )
+            return run_sde(key, *common, bound, use_target_score=with_score)
         return run_flow(
-            network,
-            schedule,
-            score_fn,
-            x0,
-            num_steps,
-            clip,
+            *common,
             bound,
             log_det=log_density,
-            rng_key=jax.random.fold_in(rng_key, 1),
+            rng_key=key,
             use_target_score=with_score,
         )
 

@@ -36,7 +36,7 @@ class TrainConfig:
         chunk_size: iterations compiled into one ``lax.scan`` (one host sync each).
     """
 
-    num_train_steps: int = 4000
+    num_train_steps: int = 8000
     learning_rate: float = 5e-3
     final_learning_rate_fraction: float = 0.02
     max_grad_norm: float = 1.0
