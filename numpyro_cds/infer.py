@@ -442,9 +442,14 @@ class CDSInference(MCMC):
 
     @property
     def snapshot(self) -> Snapshot:
-        """The EMA weights that draw: the monitor's choice (see ``monitor``)."""
+        """The EMA weights that draw: the monitor's choice (see ``monitor``).
+
+        ``monitor_config.keep_best`` is read at each draw, so setting
+        ``cds.monitor_config = MonitorConfig(keep_best=False)`` after training draws
+        with the last snapshot instead of the best, without retraining.
+        """
         self._require_setup()
-        return self._monitor.chosen
+        return self._monitor.chosen(self.monitor_config.keep_best)
 
     def _require_setup(self):
         if self._setup is None:
@@ -509,8 +514,8 @@ class CDSInference(MCMC):
                 f"{monitor.diagnosis}. Training stopped there; the sampler draws "
                 f"with its best snapshot (iteration {monitor.best.iteration}, "
                 f"held-out divergence {monitor.best.divergence:.3g}). Lower "
-                "learning_rate, or "
-                "check the model's log density where the draws went.",
+                "learning_rate, or check the model's log density where the draws "
+                "went.",
                 TrainingDivergedWarning,
                 stacklevel=2,
             )

@@ -179,12 +179,15 @@ class TrainingMonitor:
         """Whether the training should stop (it diverged)."""
         return self.diagnosis is not None
 
-    @property
-    def chosen(self) -> Snapshot:
-        """The snapshot to draw with: the best, or the last if ``keep_best`` is off.
+    def chosen(self, keep_best: bool | None = None) -> Snapshot:
+        """The snapshot to draw with: the best, or the last one.
+
+        Args:
+            keep_best: override of ``config.keep_best``.
 
         A diverged run hands back the best snapshot either way.
         """
-        if self.config.keep_best or self.stop or self.latest is None:
+        keep_best = self.config.keep_best if keep_best is None else keep_best
+        if keep_best or self.stop or self.latest is None:
             return self.best
         return self.latest

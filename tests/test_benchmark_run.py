@@ -103,3 +103,13 @@ def test_a_registered_method_adds_a_row(tmp_path):
     assert rows["exact sampler"]["metrics"]["sinkhorn"] < 0.5
     assert "exact sampler" in render_results(results)
     assert jax.numpy.isfinite(rows["exact sampler"]["metrics"]["mmd2"])
+
+
+def test_readme_quickstart_code_is_the_first_python_block():
+    from benchmarks.readme_quickstart import quickstart_code
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        code = quickstart_code(f.read())
+    assert "CDSInference(model" in code and "log_evidence()" in code
+    with pytest.raises(ValueError, match="no"):
+        quickstart_code("no code here")

@@ -25,11 +25,12 @@ def test_keeps_the_snapshot_with_the_smallest_held_out_divergence():
     monitor = TrainingMonitor(_spread, MonitorConfig())
     for iteration, spread in [(0, 2.0), (50, 0.5), (100, 1.0)]:
         monitor.observe(iteration, spread, None if iteration == 0 else _losses(1.0))
-    assert monitor.best.iteration == 50 and monitor.chosen.params == 0.5
+    assert monitor.best.iteration == 50 and monitor.chosen().params == 0.5
+    assert monitor.chosen(keep_best=False).iteration == 100
     last = TrainingMonitor(_spread, MonitorConfig(keep_best=False))
     for iteration, spread in [(0, 2.0), (50, 0.5), (100, 1.0)]:
         last.observe(iteration, spread, None)
-    assert last.chosen.iteration == 100
+    assert last.chosen().iteration == 100
 
 
 def test_a_non_finite_weight_makes_a_snapshot_the_worst():
