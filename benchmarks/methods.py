@@ -179,6 +179,9 @@ class MethodRun:
 
 
 METHODS: dict[str, Callable] = {}
+#: Rows with at most this many steps carry their importance-weight summary (exact
+#: log-determinants cost ``dim`` forward passes per step and draw).
+MAX_WEIGHTED_STEPS = 16
 #: The methods a run uses when none are named (opt-in methods are left out).
 DEFAULT_METHODS: list[str] = []
 _SCDS_ROW = re.compile(r"SCDS\((\d+)\)")
@@ -306,8 +309,9 @@ def _run_cds(
                 np.median(cds.training_losses["diffusion_loss"][-100:])
             ),
         }
-        _, log_weights = cds.sample(sample_key, budget.num_draws, num_steps, True)
-        info["weights"] = summarize_weights(np.asarray(log_weights))._asdict()
+        if num_steps <= MAX_WEIGHTED_STEPS:
+            _, log_weights = cds.sample(sample_key, budget.num_draws, num_steps, True)
+            info["weights"] = summarize_weights(np.asarray(log_weights))._asdict()
         runs.append(
             MethodRun(
                 method=f"{label}({num_steps})",
