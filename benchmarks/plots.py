@@ -20,7 +20,8 @@ __all__ = ["plot_target", "plot_steps"]
 def plot_target(target, runs, exact, reference, plots_dir) -> str:
     """Scatter of the first two coordinates (a histogram in 1-D) of each method.
 
-    Panels: ground truth, SCDS(1), SCDS(N), SCDS(1)+MCMC and NUTS, where present.
+    Panels: ground truth, SCDS(1), SCDS(N), SCDS(1)+MCMC, SCDS-paper(1) and NUTS,
+    where present.
 
     Returns:
         The path of the PNG written.
@@ -28,7 +29,7 @@ def plot_target(target, runs, exact, reference, plots_dir) -> str:
     os.makedirs(plots_dir, exist_ok=True)
     by_method = {run.method: run for run in runs}
     scds = sorted((m for m in by_method if scds_steps(m)), key=scds_steps)
-    candidates = scds[:1] + scds[-1:] + ["SCDS(1)+MCMC", "NUTS"]
+    candidates = scds[:1] + scds[-1:] + ["SCDS(1)+MCMC", "SCDS-paper(1)", "NUTS"]
     shown = [m for m in candidates if m in by_method]
     if exact is not None:
         truth, label = exact[:, :2], "exact"
@@ -36,7 +37,10 @@ def plot_target(target, runs, exact, reference, plots_dir) -> str:
     else:
         names = list(reference)[:2]
         truth, label = np.stack([reference[n] for n in names], 1), "reference"
-    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(3.2 * (len(shown) + 1), 3.2))
+    fig, axes = plt.subplots(
+        1, len(shown) + 1, figsize=(3.2 * (len(shown) + 1), 3.2), squeeze=False
+    )
+    axes = axes[0]
     panels = [(label, truth)]
     for method in shown:
         flat = flatten_samples(by_method[method].samples)

@@ -173,7 +173,9 @@ def _run_target(target, budget, methods, seed, plots_dir):
         print(f"  {target.name}: {name} ...", flush=True)
         runs += METHODS[name](target, budget, jax.random.fold_in(method_key, len(runs)))
     reference = target.reference
-    reference_kind = "posteriordb" if "posteriordb" in target.description else "long NUTS"
+    reference_kind = (
+        "posteriordb" if "posteriordb" in target.description else "long NUTS"
+    )
     if reference is None and exact is None:
         nuts = [run for run in runs if run.method == "NUTS"]
         reference = flatten_samples(nuts[0].samples) if nuts else None
