@@ -776,7 +776,8 @@ class CDSInference(MCMC):
         print(
             f"CDS: {int(self._state.iteration)} training iterations "
             f"({self.timings.get('training', 0.0):.1f} s), final diffusion loss "
-            f"{np.nanmedian(tail):.4g} (median of the last tenth); drawing with the snapshot of iteration "
+            f"{np.nanmedian(tail):.4g} (median of the last tenth); drawing with the "
+            "snapshot of iteration "
             f"{snapshot.iteration} (held-out Jeffreys divergence "
             f"{snapshot.divergence:.3g}); "
             f"{self._draws_description()}."
