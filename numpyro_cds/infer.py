@@ -53,6 +53,18 @@ __all__ = [
 EXACT_LOG_DET_MAX_DIM = 200
 
 _CORRECTIONS = (None, "resample", "mcmc")
+_CHECKPOINT_KEYS = {
+    "dim",
+    "state",
+    "whitening",
+    "best_iteration",
+    "best_divergence",
+    "best_params",
+    "loss_floor",
+    "diagnosis",
+    "losses",
+    "timings",
+}
 _SAMPLINGS = ("flow", "sde")
 
 
@@ -359,6 +371,13 @@ class CDSInference(MCMC):
             return None
         with open(self.checkpoint, "rb") as f:
             payload = pickle.load(f)
+        missing = sorted(_CHECKPOINT_KEYS - set(payload))
+        if missing:
+            raise ValueError(
+                f"Checkpoint {self.checkpoint!r} lacks {missing}: it was written by "
+                "another version of numpyro_cds. Delete the file or pass another "
+                "checkpoint path."
+            )
         if payload.get("dim") != dim:
             raise ValueError(
                 f"Checkpoint {self.checkpoint!r} was written for a model with "
