@@ -131,6 +131,8 @@ BUDGETS = {
             )
         }
         | {name: _DEFAULT_TRAINING for name in ("normal_mean", "linear_regression")}
+        # 50-D with 5 double wells: a quarter of the synthetic budget fits a session.
+        | {"mw52": dict(num_train_steps=1000, batch_size=256, num_sde_steps=64)}
         # Issue 4's GMM-40 setting: the whitening at the modes' scale.
         | {"gmm40_2d": dict(whitening=(0.0, 40.0))},
     ),
