@@ -105,7 +105,7 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
             value = row["metrics"]["sinkhorn"]
             if floor is None:
                 return _fmt(value)
-            return f"{_fmt(value)} (+{_fmt(value - floor['metrics']['sinkhorn'])})"
+            return f"{_fmt(value)} ({value - floor['metrics']['sinkhorn']:+.3f})"
 
         first = "SCDS(1)" if "SCDS(1)" in by_method else "SCDS-paper(1)"
         floor = by_method.get(_floor(by_method, first))
@@ -117,7 +117,7 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
             value = paper[method][0]
             if paper_floor is None:
                 return _fmt(value)
-            return f"{_fmt(value)} (+{_fmt(value - paper_floor)})"
+            return f"{_fmt(value)} ({value - paper_floor:+.3f})"
 
         rows.append(
             [
