@@ -223,3 +223,23 @@ def max_standardized_errors(
         "max_log_sd_ratio": float(abs(errors[worst_sd][1])),
         "worst_sd": worst_sd,
     }
+
+
+def jeffreys_divergence(log_weights) -> float:
+    """``KL(p || q) + KL(q || p) = E_p[log w] - E_q[log w]`` from importance weights.
+
+    The training monitor's first score, kept to compare with the Renyi-1/2 divergence
+    that replaced it (``docs/design.rst``, "Training monitor"): the self-normalised
+    weighted mean of the log weights minus their plain mean; ``inf`` if one is not
+    finite.
+
+    Example:
+        >>> round(jeffreys_divergence([0.0, 1.0]), 4)
+        0.2311
+    """
+    log_weights = np.asarray(log_weights, np.float64)
+    if not np.all(np.isfinite(log_weights)):
+        return np.inf
+    normalised = np.exp(log_weights - np.max(log_weights))
+    normalised /= np.sum(normalised)
+    return float(np.sum(normalised * log_weights) - np.mean(log_weights))

@@ -12,7 +12,9 @@ Each cell gives, for the draws with ``k`` steps: the target's quality figure (ei
 schools: worst standardised mean error / worst log-sd ratio against posteriordb's
 reference; GMM grid: the paper's Sinkhorn in the reference orientation, as the excess
 over two independent exact sets of the same size; funnel: the largest error of the 1 %
-and 99 % quantiles of ``x0``), then the importance ESS, the PSIS k-hat, ``log Z``
+and 99 % quantiles of ``x0``), then the training monitor's Renyi-1/2 divergence and
+the Jeffreys divergence (its former score) of the draws, the importance ESS, the PSIS
+k-hat, ``log Z``
 minus the exact value in standard errors, and ``F`` where a flow step folds.  Rows go
 to ``OUT/one_step_ablation.json`` and a BENCHMARKS.md section to ``OUT/section.md``.
 """
@@ -24,6 +26,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 import warnings
@@ -34,7 +37,7 @@ import numpy as np
 from numpyro_cds import CDSInference, summarize_weights
 from numpyro_cds.consistency import ConsistencyConfig
 from numpyro_cds.diagnostics import flatten_samples
-from numpyro_cds.monitor import MonitorConfig
+from numpyro_cds.monitor import MonitorConfig, renyi_half_divergence
 
 from . import metrics
 from .posteriordb import load_posterior
@@ -58,6 +61,9 @@ VARIANTS = {
         "consistency": ConsistencyConfig(consistency_space="velocity")
     },
     "width 128": {"consistency": ConsistencyConfig(width=128)},
+    "control clip 10 -> 50 -> 250 (reference)": {
+        "consistency": ConsistencyConfig(clip_milestones=(200, 400))
+    },
 }
 
 
@@ -106,10 +112,13 @@ def _cell(cds, rng_key, num_steps, num_draws, log_z, quality):
         warnings.simplefilter("always")
         samples, log_weights = cds.sample(rng_key, num_draws, num_steps, True)
     folded = any("fold space" in str(w.message) for w in caught)
-    summary = summarize_weights(np.asarray(log_weights))
+    log_weights = np.asarray(log_weights)
+    summary = summarize_weights(log_weights)
     sigmas = (summary.log_evidence - log_z) / max(summary.standard_error, 1e-12)
     return {
         "quality": quality(samples, jax.random.fold_in(rng_key, 7)),
+        "renyi_half": renyi_half_divergence(log_weights),
+        "jeffreys": metrics.jeffreys_divergence(log_weights),
         "ess": summary.ess,
         "pareto_k": summary.pareto_k,
         "log_z": summary.log_evidence,
@@ -192,8 +201,10 @@ def render(rows, args, command) -> str:
         "(`correction=None`) per cell.  Each variant changes one setting of the "
         "`CDSInference` defaults and is drawn with its last snapshot, then (`+ "
         "monitor`) with the training monitor's choice, from the same training.  A "
-        "cell is: quality / ESS / k-hat / (log Z - exact) in standard errors, with F "
-        "where a flow step folds.",
+        "cell is: quality / D (the monitor's Renyi-1/2 divergence) / J (the Jeffreys "
+        "divergence, the monitor's former score) / ESS / k-hat / (log Z - exact) in "
+        "standard errors, with F where a flow step folds; D, J, ESS and k-hat from "
+        "the cell's draws.",
         "",
     ]
     for target_name in dict.fromkeys(r["target"] for r in rows):
@@ -205,7 +216,8 @@ def render(rows, args, command) -> str:
             for k in args.steps:
                 c = row["cells"][k]
                 cells.append(
-                    f"{c['quality']} / {c['ess']:.3f} / {c['pareto_k']:.2f} / "
+                    f"{c['quality']} / {c['renyi_half']:.3f} / {c['jeffreys']:.3g} / "
+                    f"{c['ess']:.3f} / {c['pareto_k']:.2f} / "
                     f"{c['log_z_sigmas']:+.1f}" + (" F" if c["folded"] else "")
                 )
             lines.append(
@@ -237,7 +249,7 @@ def main(argv=None) -> None:
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
-    command = "python -m benchmarks.one_step_ablation " + " ".join(
+    command = "python -m benchmarks.one_step_ablation " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
     rows = run(args)

@@ -161,7 +161,7 @@ class CDSInference(MCMC):
             precedence.
         monitor: the training monitor's settings
             (:class:`~numpyro_cds.monitor.MonitorConfig`): after every chunk the EMA
-            weights are scored by the Jeffreys divergence of held-out draws with
+            weights are scored by the Renyi-1/2 divergence of held-out draws with
             ``num_steps`` steps, estimated from their importance weights; the best
             snapshot (the untrained whitening Gaussian included) is the one that
             draws, and a diverging training is stopped with a
@@ -507,7 +507,7 @@ class CDSInference(MCMC):
             monitor.observe(int(state.iteration), state.ema_params, info._asdict())
             if self.checkpoint is not None:
                 self._write_checkpoint()
-            return {"J": f"{monitor.latest.divergence:.3g}", "stop": monitor.stop}
+            return {"D": f"{monitor.latest.divergence:.3g}", "stop": monitor.stop}
 
         try:
             fit(
@@ -797,7 +797,7 @@ class CDSInference(MCMC):
             f"({self.timings.get('training', 0.0):.1f} s), final diffusion loss "
             f"{np.nanmedian(tail):.4g} (median of the last tenth); drawing with the "
             "snapshot of iteration "
-            f"{snapshot.iteration} (held-out Jeffreys divergence "
+            f"{snapshot.iteration} (held-out Renyi-1/2 divergence "
             f"{snapshot.divergence:.3g}); "
             f"{self._draws_description()}."
         )

@@ -4,18 +4,21 @@ Training the consistency sampler longer does not always make its few-step draws
 better (``docs/design.rst``, "Training monitor"), and a training can diverge (the loss
 jumps by orders of magnitude, or most paths leave the loss).  After every chunk of
 iterations :class:`TrainingMonitor` scores the EMA weights on a fixed held-out batch
-of draws by an estimate of the **symmetric (Jeffreys) divergence** between the draws'
+of draws by an estimate of the **Renyi divergence of order 1/2** between the draws'
 density ``q`` and the posterior ``p``, from their exact importance weights ``w``:
 
-``J = KL(p || q) + KL(q || p) = E_p[log w] - E_q[log w]``,
+``D_1/2 = -2 log BC(p, q)``, with the Bhattacharyya coefficient
+``BC = int sqrt(p q) = E_q[sqrt(w)] / sqrt(E_q[w])``
 
-with ``E_p`` estimated by self-normalised importance sampling and ``E_q`` by the plain
-mean (``log Z`` cancels).  The reverse KL alone (the ELBO) rewards a sampler that is
-too narrow; the forward KL alone rewards one that is too wide; raw draws suffer from
-both.  The snapshot with the smallest ``J`` is kept, and the training is stopped with a
-diagnosis when it diverges.  The snapshot before any training, the whitening Gaussian
-(the flow of an untrained network is the identity), is scored too, so the sampler
-handed back is never worse than that starting point on this score.
+(``log Z`` cancels).  It is symmetric in ``p`` and ``q`` (``1 - BC`` is the squared
+Hellinger distance), so it punishes a sampler that is too narrow and one that is too
+wide, and its estimate always has finite variance (``E_q[(sqrt w)^2] = Z``), unlike
+that of the ESS or of a KL.  A draw thrown far outside the posterior costs in proportion
+to its share of the draws, not to how far it went.  The snapshot with the smallest
+divergence is kept, and the training is stopped with a diagnosis when it diverges.  The
+snapshot before any training, the whitening Gaussian (the flow of an untrained network
+is the identity), is scored too, so the sampler handed back is never worse than that
+starting point on this score.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["MonitorConfig", "Snapshot", "TrainingMonitor", "jeffreys_divergence"]
+__all__ = ["MonitorConfig", "Snapshot", "TrainingMonitor", "renyi_half_divergence"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,8 +71,9 @@ class Snapshot(NamedTuple):
 
     Attributes:
         iteration: training iterations done when it was taken.
-        divergence: held-out estimate of the Jeffreys divergence
-            (:func:`jeffreys_divergence`; ``inf`` if a weight was not finite).
+        divergence: held-out estimate of the Renyi-1/2 divergence
+            (:func:`renyi_half_divergence`; ``inf`` if a weight was NaN or ``+inf``,
+            or every weight was zero).
         params: the weights.
     """
 
@@ -78,25 +82,31 @@ class Snapshot(NamedTuple):
     params: Any
 
 
-def jeffreys_divergence(log_weights) -> float:
-    """``KL(p || q) + KL(q || p)`` from importance log weights of draws from ``q``.
+def renyi_half_divergence(log_weights) -> float:
+    """Renyi divergence of order 1/2 between ``q`` and ``p``, from importance weights.
 
-    ``E_p[log w] - E_q[log w]``: the self-normalised weighted mean of the log weights
-    minus their plain mean.  Zero when all weights are equal; ``inf`` if a log weight
-    is not finite (a draw outside the target's support, or NaN).
+    ``-2 log mean(sqrt(w)) + log mean(w)`` for draws from ``q`` with log weights
+    ``log w = log p~ - log q`` (any normalisation of ``p~``): ``-2 log`` of the
+    Bhattacharyya coefficient of ``p`` and ``q``.  Zero when all weights are equal.  A
+    draw outside the target's support (log weight ``-inf``) counts as a zero weight;
+    ``inf`` if a log weight is NaN or ``+inf``, or all are ``-inf``.
 
     Example:
-        >>> jeffreys_divergence([0.0, 0.0, 0.0])
+        >>> renyi_half_divergence([0.0, 0.0, 0.0])
         0.0
-        >>> round(jeffreys_divergence([0.0, 1.0]), 4)
-        0.2311
+        >>> round(renyi_half_divergence([0.0, -float("inf")]), 4)
+        0.6931
     """
     log_weights = np.asarray(log_weights, np.float64)
-    if not np.all(np.isfinite(log_weights)):
+    if np.any(np.isnan(log_weights)) or np.any(log_weights == np.inf):
         return np.inf
-    normalised = np.exp(log_weights - np.max(log_weights))
-    normalised /= np.sum(normalised)
-    return float(np.sum(normalised * log_weights) - np.mean(log_weights))
+    top = np.max(log_weights)
+    if top == -np.inf:
+        return np.inf
+    shifted = log_weights - top
+    log_mean_root = np.log(np.mean(np.exp(0.5 * shifted)))
+    log_mean = np.log(np.mean(np.exp(shifted)))
+    return float(max(log_mean - 2.0 * log_mean_root, 0.0))
 
 
 class TrainingMonitor:
@@ -115,7 +125,7 @@ class TrainingMonitor:
         >>> monitor.observe(0, 3.0, None)
         >>> monitor.observe(50, 1.0, {"diffusion_loss": np.ones(50)})
         >>> monitor.best.iteration, round(monitor.best.divergence, 4)
-        (50, 0.2311)
+        (50, 0.0583)
     """
 
     def __init__(
@@ -142,7 +152,7 @@ class TrainingMonitor:
             info: the chunk's per-iteration ``diffusion_loss`` and ``kept_fraction``
                 (None before training).
         """
-        divergence = jeffreys_divergence(self.score_fn(params))
+        divergence = renyi_half_divergence(self.score_fn(params))
         snapshot = Snapshot(iteration, divergence, params)
         self.latest = snapshot
         if self.best is None or snapshot.divergence < self.best.divergence:

@@ -18,7 +18,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def quick_paper_run(tmp_path_factory):
-    """``python -m benchmarks.run --suite paper --budget quick``, as a user runs it."""
+    """``python -m benchmarks.run --suite paper --budget quick``, as a user runs it.
+
+    Two of the four targets (the multimodal GMM grid and the funnel, whose metrics
+    differ), to keep the suite short; the others share every code path.
+    """
     out = tmp_path_factory.mktemp("quick")
     completed = subprocess.run(
         [
@@ -29,6 +33,9 @@ def quick_paper_run(tmp_path_factory):
             "paper",
             "--budget",
             "quick",
+            "--targets",
+            "gmm_grid",
+            "funnel",
         ]
         + ["--out", str(out)],
         cwd=ROOT,
@@ -44,7 +51,7 @@ def test_quick_paper_suite_runs_within_its_budget(quick_paper_run):
     out = quick_paper_run
     with open(out / "results.json") as f:
         results = json.load(f)
-    assert list(results["targets"]) == ["gmm_grid", "mw54", "funnel", "mw52"]
+    assert list(results["targets"]) == ["gmm_grid", "funnel"]
     for target in results["targets"].values():
         methods = [row["method"] for row in target["rows"]]
         assert {"SCDS(1)", "SCDS(16)", "NUTS"} <= set(methods)
@@ -57,10 +64,10 @@ def test_quick_paper_suite_runs_within_its_budget(quick_paper_run):
     gmm = {row["method"]: row for row in results["targets"]["gmm_grid"]["rows"]}
     assert gmm["SCDS(1)"]["network_evaluations"] == 1
     assert 0 <= gmm["SCDS(1)"]["metrics"]["modes_hit"] <= 9
-    for name in ("gmm_grid", "mw54", "funnel", "mw52", "steps"):
+    for name in ("gmm_grid", "funnel", "steps"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 0
     markdown = (out / "results.md").read_text()
-    assert "paper DIS(128)" in markdown and "| mw52 | 50 |" in markdown
+    assert "paper DIS(128)" in markdown and "| funnel | 10 |" in markdown
 
 
 def test_benchmarks_md_is_rendered_from_cpu_and_gpu_results_only(

@@ -113,9 +113,13 @@ def test_config_errors(kwargs, match):
 
 
 def test_clip_schedule():
-    config = ConsistencyConfig()
-    clips = [float(config.clip(jnp.asarray(i))) for i in (0, 199, 200, 400, 10**6)]
+    steps = (0, 199, 200, 400, 10**6)
+    config = ConsistencyConfig(clip_milestones=(200, 400))
+    clips = [float(config.clip(jnp.asarray(i))) for i in steps]
     assert clips == [10.0, 10.0, 50.0, 250.0, 250.0]
+    # The default: the initial clip throughout.
+    default = ConsistencyConfig()
+    assert [float(default.clip(jnp.asarray(i))) for i in steps] == [10.0] * 5
 
 
 def _quartic(x):

@@ -1,4 +1,4 @@
-"""Training monitor: best snapshot by held-out ELBO, divergence stops the training."""
+"""Training monitor: the best snapshot by a held-out score; a diverging run stops."""
 
 import warnings
 
@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 import pytest
 
 from numpyro_cds import CDSInference, TrainingDivergedWarning
-from numpyro_cds.monitor import MonitorConfig, TrainingMonitor, jeffreys_divergence
+from numpyro_cds.monitor import MonitorConfig, TrainingMonitor, renyi_half_divergence
 
 
 def _losses(value, n=50):
@@ -33,20 +33,38 @@ def test_keeps_the_snapshot_with_the_smallest_held_out_divergence():
     assert last.chosen().iteration == 100
 
 
-def test_a_non_finite_weight_makes_a_snapshot_the_worst():
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_nan_or_infinite_weight_makes_a_snapshot_the_worst(bad):
     monitor = TrainingMonitor(_spread, MonitorConfig())
     monitor.observe(0, 5.0, None)
-    monitor.observe(50, -np.inf, _losses(1.0))
+    monitor.observe(50, bad, _losses(1.0))
     assert monitor.best.iteration == 0
 
 
+def test_a_draw_outside_the_support_costs_its_share_of_the_draws():
+    """One zero weight in ``n`` equal ones: ``BC = sqrt(1 - 1 / n)``."""
+    for n in (2, 10, 1000):
+        log_weights = np.zeros(n)
+        log_weights[0] = -np.inf
+        exact = -np.log1p(-1.0 / n)
+        assert renyi_half_divergence(log_weights) == pytest.approx(exact, rel=1e-9)
+
+
 @pytest.mark.parametrize("scale", [0.7, 1.3])
-def test_jeffreys_divergence_of_gaussians(scale):
-    """q = N(0, s^2), p = N(0, 1): J = (s^2 + 1 / s^2 - 2) / 2, either way of s."""
+def test_renyi_half_divergence_of_gaussians_of_different_widths(scale):
+    """q = N(0, s^2), p = N(0, 1): D = log((1 + s^2) / (2 s)), either way of s."""
     x = scale * np.random.default_rng(0).standard_normal(400_000)
     log_weights = -0.5 * x**2 + 0.5 * (x / scale) ** 2 + np.log(scale)
-    exact = 0.5 * (scale**2 + scale**-2 - 2.0)
-    assert jeffreys_divergence(log_weights) == pytest.approx(exact, rel=0.05)
+    exact = np.log((1.0 + scale**2) / (2.0 * scale))
+    assert renyi_half_divergence(log_weights) == pytest.approx(exact, rel=0.05)
+
+
+def test_renyi_half_divergence_of_shifted_gaussians():
+    """q = N(0, 1), p = N(mu, 1): D = mu^2 / 4, whatever the normalisation of p."""
+    mu = 1.5
+    x = np.random.default_rng(1).standard_normal(400_000)
+    log_weights = -0.5 * (x - mu) ** 2 + 0.5 * x**2 + 3.0
+    assert renyi_half_divergence(log_weights) == pytest.approx(mu**2 / 4, rel=0.05)
 
 
 @pytest.mark.parametrize(
