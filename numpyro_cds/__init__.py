@@ -1,5 +1,7 @@
 """numpyro_cds: consistent diffusion samplers for NumPyro models."""
 
+__version__ = "0.1.0"  # before the imports: infer.py writes it into checkpoints
+
 from .consistency import ConsistencyConfig, consistency_sampler
 from .importance import ImportanceSummary, summarize_weights
 from .infer import CDSInference, TrainingDivergedWarning, UnreliableDrawsWarning
@@ -9,8 +11,6 @@ from .sde import AbstractSchedule, LinearSchedule
 from .target import Target, target_from_model
 from .train import TrainConfig, fit
 from .whitening import AffineWhitening, fit_whitening
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CDSInference",

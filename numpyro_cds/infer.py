@@ -8,8 +8,8 @@ unchanged): ``run`` trains the sampler (the analogue of warm-up) and then draws.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import pickle
 import time
 import warnings
 from collections.abc import Callable
@@ -21,6 +21,13 @@ import numpy as np
 from numpyro.diagnostics import print_summary as _numpyro_print_summary
 from numpyro.infer import MCMC
 
+from . import __version__
+from .checkpoint import (
+    arguments_fingerprint,
+    read_checkpoint,
+    read_header,
+    write_checkpoint,
+)
 from .consistency import ConsistencyConfig, consistency_sampler
 from .flow import folded_steps
 from .importance import (
@@ -53,18 +60,6 @@ __all__ = [
 EXACT_LOG_DET_MAX_DIM = 200
 
 _CORRECTIONS = (None, "resample", "mcmc")
-_CHECKPOINT_KEYS = {
-    "dim",
-    "state",
-    "whitening",
-    "best_iteration",
-    "best_divergence",
-    "best_params",
-    "loss_floor",
-    "diagnosis",
-    "losses",
-    "timings",
-}
 _SAMPLINGS = ("flow", "sde")
 
 
@@ -170,8 +165,11 @@ class CDSInference(MCMC):
             one held-out score each; default: ``train``'s).
         checkpoint: optional file path.  The training state, whitening and loss history
             are written there after every chunk; a later ``run`` (even in a new process)
-            with the same model and settings resumes from it instead of starting over.
-            With the same ``rng_key`` the result equals an uninterrupted run.
+            with the same model arguments, settings and ``rng_key`` resumes from it
+            instead of starting over, and the result equals an uninterrupted run.  A
+            checkpoint written for other data, settings or key is refused with an
+            error that names what differs.  The file is a JSON header and ``.npy``
+            arrays (:mod:`numpyro_cds.checkpoint`): reading it never runs code.
         progress_bar: show a tqdm progress bar with the loss during training.
         correction: what ``run`` does with the draws.  ``"mcmc"`` (default;
             resample-move: PSIS-weighted resampling, then ``correction_steps`` MALA
@@ -311,7 +309,12 @@ class CDSInference(MCMC):
         start = time.perf_counter()
         target_key, whitening_key, init_key, train_key = jax.random.split(rng_key, 4)
         target = target_from_model(target_key, self.sampler.model, args, kwargs)
-        restored = self._read_checkpoint(target.dim)
+        optimizer = default_optimizer(self.train_config)
+        identity = None
+        restored = None
+        if self.checkpoint is not None:
+            identity = self._checkpoint_identity(rng_key, args, kwargs, target.dim)
+            restored = self._read_checkpoint(identity, target, optimizer)
         if restored is not None:
             whitening = restored["whitening"]
         elif self.whitening_spec is None:
@@ -326,7 +329,6 @@ class CDSInference(MCMC):
         else:
             whitening = whitening_from_spec(self.whitening_spec, target.dim)
         logdensity_fn = whitening.whitened_logdensity(target.logdensity_fn)
-        optimizer = default_optimizer(self.train_config)
         algorithm = consistency_sampler(
             logdensity_fn, target.dim, self.consistency, optimizer
         )
@@ -334,12 +336,15 @@ class CDSInference(MCMC):
         history = {}
         best, loss_floor = None, np.inf
         if restored is not None:
-            state = self._restore_state(restored["state"], state)
-            history = restored["losses"]
+            state = restored["state"]
+            history = {
+                name: np.asarray(values, np.float64)
+                for name, values in restored["losses"].items()
+            }
             best = Snapshot(
                 restored["best_iteration"],
                 restored["best_divergence"],
-                self._restore_state(restored["best_params"], state.ema_params),
+                restored["best_params"],
             )
             loss_floor = restored["loss_floor"]
         self._setup = dict(
@@ -348,6 +353,7 @@ class CDSInference(MCMC):
             algorithm=algorithm,
             static=static,
             train_key=train_key,
+            checkpoint_identity=identity,
         )
         self._monitor = TrainingMonitor(
             self._held_out_score_fn(jax.random.fold_in(init_key, 1)),
@@ -366,25 +372,47 @@ class CDSInference(MCMC):
             self.timings.update(restored.get("timings", {}))
         self._args, self._kwargs = args, kwargs
 
-    def _read_checkpoint(self, dim: int) -> dict | None:
-        if self.checkpoint is None or not os.path.exists(self.checkpoint):
+    def _checkpoint_identity(self, rng_key, args, kwargs, dim: int) -> dict:
+        """What a checkpoint must have been written for to be resumed."""
+        spec = self.whitening_spec
+        if isinstance(spec, (tuple, list)):
+            spec = [np.asarray(part, np.float64).tolist() for part in spec]
+        settings = {
+            "consistency": dataclasses.asdict(self.consistency),
+            "train": dataclasses.asdict(self.train_config),
+            "monitor": dataclasses.asdict(self.monitor_config),
+            "whitening": spec,
+            "sampling": self.sampling,
+            "num_steps": self.num_steps,
+        }
+        return {
+            "dim": dim,
+            # JSON's own form of the settings (lists for tuples), as read back.
+            "settings": json.loads(json.dumps(settings)),
+            "model_arguments_sha256": arguments_fingerprint(args, kwargs),
+            "rng_key": np.asarray(jax.random.key_data(rng_key)).tolist(),
+        }
+
+    def _read_checkpoint(self, identity, target, optimizer) -> dict | None:
+        if not os.path.exists(self.checkpoint):
             return None
-        with open(self.checkpoint, "rb") as f:
-            payload = pickle.load(f)
-        missing = sorted(_CHECKPOINT_KEYS - set(payload))
-        if missing:
-            raise ValueError(
-                f"Checkpoint {self.checkpoint!r} lacks {missing}: it was written by "
-                "another version of numpyro_cds. Delete the file or pass another "
-                "checkpoint path."
-            )
-        if payload.get("dim") != dim:
-            raise ValueError(
-                f"Checkpoint {self.checkpoint!r} was written for a model with "
-                f"{payload.get('dim')} latent dimensions, this one has {dim}. Delete "
-                "the file or pass another checkpoint path."
-            )
-        return payload
+        header = read_header(self.checkpoint)
+        dim = target.dim
+        shape = tuple(header.get("whitening_scale_shape", ()))
+        if shape not in ((dim,), (dim, dim)):
+            shape = (dim,)  # the dimension check below names the mismatch
+        # The arrays' structure, shapes and dtypes (they do not depend on the
+        # whitening's values or the log density).
+        template, _ = consistency_sampler(
+            target.logdensity_fn, dim, self.consistency, optimizer
+        ).init(jax.random.key(0))
+        like = {
+            "whitening": AffineWhitening(jnp.zeros(dim), jnp.zeros(shape)),
+            "state": template,
+            "best_params": template.ema_params,
+        }
+        header, arrays = read_checkpoint(self.checkpoint, identity, like)
+        return {**header, **arrays}
 
     def _held_out_score_fn(self, rng_key) -> Callable:
         """``params -> log weights`` of held-out ``num_steps``-step draws, fixed key."""
@@ -397,38 +425,28 @@ class CDSInference(MCMC):
 
         return jax.jit(score)
 
-    def _restore_state(self, saved, template):
-        same = jax.tree.structure(saved) == jax.tree.structure(template) and all(
-            np.shape(a) == np.shape(b)
-            for a, b in zip(
-                jax.tree.leaves(saved), jax.tree.leaves(template), strict=True
-            )
-        )
-        if not same:
-            raise ValueError(
-                f"Checkpoint {self.checkpoint!r} does not match this sampler's "
-                "settings "
-                "(network size, optimiser). Delete the file or pass another path."
-            )
-        return jax.tree.map(jnp.asarray, saved)
-
     def _write_checkpoint(self) -> None:
-        payload = {
-            "dim": self._setup["target"].dim,
-            "state": jax.device_get(self._state),
-            "whitening": jax.device_get(self._setup["whitening"]),
+        whitening = self._setup["whitening"]
+        header = {
+            **self._setup["checkpoint_identity"],
+            "library_version": __version__,
+            "whitening_scale_shape": list(whitening.scale.shape),
             "best_iteration": self._monitor.best.iteration,
             "best_divergence": self._monitor.best.divergence,
-            "best_params": jax.device_get(self._monitor.best.params),
             "loss_floor": self._monitor.loss_floor,
             "diagnosis": self._monitor.diagnosis,
-            "losses": self.training_losses,
+            "losses": {
+                name: np.asarray(values, np.float64).tolist()
+                for name, values in self.training_losses.items()
+            },
             "timings": dict(self.timings),
         }
-        temporary = self.checkpoint + ".tmp"
-        with open(temporary, "wb") as f:
-            pickle.dump(payload, f)
-        os.replace(temporary, self.checkpoint)
+        arrays = {
+            "whitening": whitening,
+            "state": self._state,
+            "best_params": self._monitor.best.params,
+        }
+        write_checkpoint(self.checkpoint, header, arrays)
 
     @property
     def target(self) -> Target:

@@ -14,6 +14,7 @@ from numpyro.infer import MCMC, Predictive
 
 import numpyro_cds.infer
 from numpyro_cds import CDSInference
+from numpyro_cds.checkpoint import read_header
 
 TINY = dict(
     num_train_steps=20,
@@ -210,8 +211,7 @@ def test_checkpoint_resumes_in_a_new_object(monkeypatch, tmp_path):
         )
     monkeypatch.setattr(numpyro_cds.infer, "fit", _ORIGINAL_FIT)
     assert path.exists()
-    with open(path, "rb") as f:
-        seconds_before = pickle.load(f)["timings"]["training"]
+    seconds_before = read_header(str(path))["timings"]["training"]
     assert seconds_before > 0
     fresh = CDSInference(model, num_samples=20, checkpoint=path, **TINY)
     fresh.run(jax.random.key(0))
@@ -225,12 +225,56 @@ def test_checkpoint_resumes_in_a_new_object(monkeypatch, tmp_path):
     def other_model():
         numpyro.sample("x", dist.Normal(jnp.zeros(3), 1.0))
 
-    with pytest.raises(ValueError, match="1 latent dimensions, this one has 3"):
+    with pytest.raises(ValueError, match=r"dim \(file: 1, now: 3\)"):
         CDSInference(other_model, checkpoint=path, **TINY).run(jax.random.key(0))
     wider = dict(TINY, batch_size=16)
     from numpyro_cds import ConsistencyConfig
 
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match=r"settings\.consistency\.width"):
         CDSInference(
             model, checkpoint=path, consistency=ConsistencyConfig(width=8), **wider
         ).run(jax.random.key(0))
+    with pytest.raises(ValueError, match="rng_key"):
+        CDSInference(model, checkpoint=path, **TINY).run(jax.random.key(1))
+    with pytest.raises(ValueError, match=r"settings\.train\.learning_rate"):
+        CDSInference(model, checkpoint=path, learning_rate=1e-3, **TINY).run(
+            jax.random.key(0)
+        )
+
+
+def test_a_checkpoint_for_other_data_is_refused(tmp_path):
+    def model(y):
+        loc = numpyro.sample("loc", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(loc, 1.0), obs=y)
+
+    path = tmp_path / "cds.ckpt"
+    options = dict(TINY, num_train_steps=10)
+    CDSInference(model, num_samples=5, checkpoint=path, **options).run(
+        jax.random.key(0), jnp.ones(3)
+    )
+    with pytest.raises(ValueError, match="model_arguments_sha256"):
+        CDSInference(model, num_samples=5, checkpoint=path, **options).run(
+            jax.random.key(0), jnp.zeros(3)
+        )
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_loading_a_pickled_checkpoint_runs_no_code(tmp_path):
+    """A crafted pickle (or a numpyro_cds 0.1 checkpoint) is refused, not loaded."""
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(str(marker))))
+
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="not a numpyro_cds checkpoint"):
+        CDSInference(model, checkpoint=path, **TINY).run(jax.random.key(0))
+    assert not marker.exists()
