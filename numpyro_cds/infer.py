@@ -52,12 +52,17 @@ __all__ = [
     "UnreliableDrawsWarning",
     "TrainingDivergedWarning",
     "EXACT_LOG_DET_MAX_DIM",
+    "EXTRA_FIELDS",
 ]
 
 #: Largest dimension with exact log-determinants in the importance weights
 #: (``jacfwd`` + ``slogdet``: ``dim`` forward passes per step and draw); above it the
 #: log-determinants are unbiased stochastic estimates.
 EXACT_LOG_DET_MAX_DIM = 200
+
+#: Extra fields of every draw: the log density, the importance log weight and the
+#: (always False) divergence flag that ArviZ reads.
+EXTRA_FIELDS = ("lp", "log_weight", "diverging")
 
 _CORRECTIONS = (None, "resample", "mcmc")
 _SAMPLINGS = ("flow", "sde")
@@ -662,14 +667,34 @@ class CDSInference(MCMC):
                 "(or again, to finish an interrupted training)."
             )
 
-    def run(self, rng_key, *args, **kwargs) -> None:
+    def run(self, rng_key, *args, extra_fields=(), init_params=None, **kwargs) -> None:
         """Train the sampler (unless already trained for these arguments), then draw.
 
         Args:
             rng_key: PRNG key (new-style or legacy).
             *args: positional arguments of the model.
+            extra_fields: as for ``MCMC.run``: names among
+                :data:`EXTRA_FIELDS`, which are always collected (this argument only
+                checks the names; it is not passed to the model).
+            init_params: not supported (the draws are independent, there are no
+                chains to start); must be None.
             **kwargs: keyword arguments of the model.
+
+        Raises:
+            ValueError: an unknown extra field, or ``init_params`` given.
         """
+        unknown = sorted(set(extra_fields) - set(EXTRA_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"CDSInference has no extra fields {unknown}; it collects "
+                f"{list(EXTRA_FIELDS)} for every draw (get_extra_fields())."
+            )
+        if init_params is not None:
+            raise ValueError(
+                "CDSInference takes no init_params: its draws are independent, not "
+                "chains started somewhere. To tell it where the posterior is, pass "
+                "whitening=(loc, scale) in the unconstrained space."
+            )
         warmup_key, draw_key = jax.random.split(_as_key(rng_key))
         self.warmup(warmup_key, *args, **kwargs)
         start = time.perf_counter()
@@ -682,11 +707,8 @@ class CDSInference(MCMC):
         log_weight = self._checked_log_weights(log_weight)
         self.weights_summary = summarize_weights(log_weight)
         self._warn_if_unreliable(signs)
-        extra = {
-            "lp": lp,
-            "log_weight": log_weight,
-            "diverging": jnp.zeros(pool, bool),
-        }
+        fields = (lp, log_weight, jnp.zeros(pool, bool))
+        extra = dict(zip(EXTRA_FIELDS, fields, strict=True))
         if self.correction is not None:
             index = psis_resample(resample_key, log_weight, total)
             xs = xs[index]
@@ -791,6 +813,40 @@ class CDSInference(MCMC):
             return dict(tree)
         shape = (self.num_chains, self.num_samples)
         return {k: v.reshape(shape + v.shape[1:]) for k, v in tree.items()}
+
+    _NO_CHAIN_STATE = (
+        "CDSInference has no MCMC chain state ({name}): its draws are independent. "
+        "To draw more without retraining, call cds.sample(key, n) or run() again with "
+        "the same model arguments; to keep a training across processes, pass "
+        "checkpoint=path."
+    )
+
+    @property
+    def last_state(self):
+        """Not available: there is no chain state (raises with what to use)."""
+        raise AttributeError(self._NO_CHAIN_STATE.format(name="last_state"))
+
+    @property
+    def post_warmup_state(self):
+        """Not available: there is no chain state (raises with what to use)."""
+        raise AttributeError(self._NO_CHAIN_STATE.format(name="post_warmup_state"))
+
+    @post_warmup_state.setter
+    def post_warmup_state(self, value):
+        raise AttributeError(self._NO_CHAIN_STATE.format(name="post_warmup_state"))
+
+    def transfer_states_to_host(self) -> None:
+        """Move the draws and their extra fields to host memory (NumPy arrays)."""
+        self._samples = jax.device_get(self._samples)
+        self._extra_fields = jax.device_get(self._extra_fields)
+
+    def __getstate__(self):
+        raise TypeError(
+            "A CDSInference cannot be pickled: it holds the model and compiled "
+            "functions, and loading a pickle runs code. Keep the draws "
+            "(cds.get_samples()) or an ArviZ InferenceData instead, and the training "
+            "with checkpoint=path, which a new CDSInference resumes from."
+        )
 
     def get_samples(self, group_by_chain: bool = False) -> dict:
         """Constrained latent and deterministic sites, as ``MCMC.get_samples``."""

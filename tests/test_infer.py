@@ -48,6 +48,40 @@ def test_is_an_mcmc_with_the_attributes_arviz_reads(trained_eight_schools):
     assert set(cds._kwargs) == {"y"}
 
 
+def test_mcmc_chain_state_and_pickling_fail_clearly(trained_eight_schools):
+    cds = trained_eight_schools
+    for name in ("last_state", "post_warmup_state"):
+        with pytest.raises(AttributeError, match=f"no MCMC chain state \\({name}\\)"):
+            getattr(cds, name)
+    with pytest.raises(AttributeError, match="cds.sample"):
+        cds.post_warmup_state = None
+    with pytest.raises(TypeError, match="cannot be pickled.*checkpoint=path"):
+        pickle.dumps(cds)
+
+
+def test_transfer_states_to_host_keeps_the_draws(trained_eight_schools):
+    cds = trained_eight_schools
+    before = np.asarray(cds.get_samples()["mu"])
+    cds.transfer_states_to_host()
+    assert isinstance(cds.get_samples()["mu"], np.ndarray)
+    np.testing.assert_array_equal(cds.get_samples()["mu"], before)
+    assert cds.get_extra_fields(group_by_chain=True)["log_weight"].shape == (2, 50)
+
+
+def test_run_takes_mcmc_keywords_and_never_passes_them_to_the_model():
+    def model(scale=1.0):
+        numpyro.sample("x", dist.Normal(0.0, scale))
+
+    cds = CDSInference(model, num_samples=10, **TINY)
+    cds.run(jax.random.key(0), extra_fields=("lp", "log_weight"), scale=2.0)
+    assert set(cds.get_extra_fields()) == {"lp", "log_weight", "diverging"}
+    assert cds._kwargs == {"scale": 2.0}
+    with pytest.raises(ValueError, match=r"no extra fields \['accept_prob'\]"):
+        cds.run(jax.random.key(0), extra_fields=("accept_prob",))
+    with pytest.raises(ValueError, match="takes no init_params"):
+        cds.run(jax.random.key(0), init_params={"x": 0.0})
+
+
 def test_samples_and_extra_fields_shapes(trained_eight_schools):
     cds = trained_eight_schools
     flat, grouped = cds.get_samples(), cds.get_samples(group_by_chain=True)
