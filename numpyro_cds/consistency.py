@@ -374,12 +374,13 @@ def consistency_sampler(
         density ratio (:func:`~numpyro_cds.path_weights.run_sde`).
 
     Example:
-        >>> import jax, jax.numpy as jnp, optax
+        >>> import equinox as eqx, jax, jax.numpy as jnp, optax
         >>> logdensity = lambda x: -0.5 * jnp.sum((x - 1.0) ** 2)
         >>> config = ConsistencyConfig(num_sde_steps=4, batch_size=8, width=8)
         >>> algo = consistency_sampler(logdensity, 2, config, optax.adam(1e-3))
         >>> state, static = algo.init(jax.random.key(0))
-        >>> state, info = algo.step(jax.random.key(1), state, static)
+        >>> step = eqx.filter_jit(algo.step)  # compiled once, as fit's chunks are
+        >>> state, info = step(jax.random.key(1), state, static)
         >>> algo.sample(jax.random.key(2), state.ema_params, static, 5, 1).shape
         (5, 2)
     """
