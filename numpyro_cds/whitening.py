@@ -125,7 +125,7 @@ class WhiteningConfig:
     num_draws: int = 64
     start_spreads: tuple[float, ...] = (1.0, 10.0, 100.0)
     max_elbo_gap: float = 3.0
-    full_rank_max_dim: int = 100
+    full_rank_max_dim: int = 128
 
     def __post_init__(self):
         for name in ("num_steps", "num_draws"):
