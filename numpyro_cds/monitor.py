@@ -14,8 +14,9 @@ density ``q`` and the posterior ``p``, from their exact importance weights ``w``
 Hellinger distance), so it punishes a sampler that is too narrow and one that is too
 wide.  Its main term, the mean of ``sqrt(w)``, has finite variance whatever the
 sampler (``E_q[(sqrt w)^2] = Z``); the largest weights enter only through the ``log Z``
-normaliser, so it is less at their mercy than the ESS or a KL estimate.  A draw thrown far outside the posterior costs in proportion
-to its share of the draws, not to how far it went.  The snapshot with the smallest
+normaliser, so it is less at their mercy than the ESS or a KL estimate.  A draw
+thrown far outside the posterior costs in proportion to its share of the draws, not to
+how far it went.  The snapshot with the smallest
 divergence is kept, and the training is stopped with a diagnosis when it diverges.  The
 snapshot before any training, the whitening Gaussian (the flow of an untrained network
 is the identity), is scored too, so the sampler handed back is never worse than that
