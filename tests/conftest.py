@@ -15,10 +15,6 @@ _COMPILATION_CACHE = tempfile.mkdtemp(prefix="numpyro_cds_test_jax_cache_")
 atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-# Most of a tiny test run is XLA compilation, and with JAX's default partitionable
-# threefry every jax.random call site takes 1.5-1.8 s to compile on this CPU (0.4 s
-# without).  The tests only need fixed keys to give fixed draws, which either kind does.
-os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -29,9 +25,6 @@ jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE
 jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",
     float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
-)
-jax.config.update(
-    "jax_threefry_partitionable", os.environ["JAX_THREEFRY_PARTITIONABLE"] != "0"
 )
 
 from numpyro_cds import CDSInference  # noqa: E402
