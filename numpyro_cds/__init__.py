@@ -10,6 +10,7 @@ from .networks import ControlNetwork, TimeEmbedding
 from .sde import AbstractSchedule, LinearSchedule
 from .target import Target, target_from_model
 from .train import TrainConfig, fit
+from .trained import Draws, TrainedSampler
 from .whitening import AffineWhitening, fit_whitening
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "TrainConfig",
     "consistency_sampler",
     "fit",
+    "Draws",
+    "TrainedSampler",
     "AffineWhitening",
     "fit_whitening",
     "__version__",

@@ -131,7 +131,9 @@ def _differences(expected: dict, found: dict, prefix: str = "") -> list[str]:
     return differences
 
 
-def read_checkpoint(path: str, expected: dict, like: Any) -> tuple[dict, Any]:
+def read_checkpoint(
+    path: str, expected: dict, like: Any, action: str = "resumed"
+) -> tuple[dict, Any]:
     """Read a checkpoint written for ``expected`` into the template ``like``.
 
     Args:
@@ -141,6 +143,7 @@ def read_checkpoint(path: str, expected: dict, like: Any) -> tuple[dict, Any]:
             fingerprint and the key.  The values must be what ``json`` gives back
             (lists, not tuples).
         like: a pytree with the structure, shapes and dtypes of the stored arrays.
+        action: what is refused when ``expected`` differs, for the error message.
 
     Returns:
         ``(header, arrays)``.
@@ -155,9 +158,9 @@ def read_checkpoint(path: str, expected: dict, like: Any) -> tuple[dict, Any]:
         differences = _differences(expected, header)
         if differences:
             raise ValueError(
-                f"Checkpoint {path!r} was written for another run, so it is not "
-                "resumed; what differs: " + "; ".join(differences) + ". Delete the "
-                "file or pass another checkpoint path."
+                f"{path!r} was written for another model, data or settings, so it "
+                f"is not {action}; what differs: " + "; ".join(differences) + ". "
+                "Delete the file or pass another path."
             )
         try:
             arrays = eqx.tree_deserialise_leaves(f, like)

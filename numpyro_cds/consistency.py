@@ -48,6 +48,7 @@ __all__ = [
     "SamplerAlgorithm",
     "self_consistency_loss",
     "consistency_sampler",
+    "draw_network",
 ]
 
 
@@ -346,6 +347,68 @@ def self_consistency_loss(
     return state_loss, jnp.mean((goal_volume - prediction_volume) ** 2) / dim**2
 
 
+def draw_network(
+    rng_key: PRNGKeyArray,
+    network: ControlNetwork,
+    logdensity_fn: Callable,
+    config: ConsistencyConfig,
+    num_samples: int,
+    num_steps: int,
+    log_density: str | None = None,
+    schedule: AbstractSchedule | None = None,
+):
+    """Draw with ``num_steps`` steps of a trained control network.
+
+    Args:
+        rng_key: PRNG key.
+        network: the control network (e.g. the EMA weights).
+        logdensity_fn: log density of one flat (whitened) vector; its gradient is
+            evaluated only where :meth:`ConsistencyConfig.uses_target_score` says.
+        config: the sampler's settings (prior bound, clips, score gating).
+        num_samples: number of draws.
+        num_steps: steps per draw, a power of two.
+        log_density: None (draws only), ``"exact"`` or ``"stochastic"`` (the k-step
+            flow's log density with that kind of log-determinant: a
+            :class:`~numpyro_cds.flow.FlowDraws`), or ``"path"`` (``num_steps``
+            Euler-Maruyama steps with each path's log density ratio: a
+            :class:`~numpyro_cds.path_weights.PathDraws`).
+        schedule: the noise schedule the network was trained with
+            (:class:`~numpyro_cds.sde.LinearSchedule` by default).
+
+    Returns:
+        An array of shape ``(num_samples, dim)`` without ``log_density``, else the
+        draws with their log densities.
+    """
+    if not _is_power_of_two(num_steps):
+        raise ValueError(
+            f"num_steps must be a power of two (1, 2, 4, ...), got {num_steps!r}."
+        )
+    if log_density not in (None, "exact", "stochastic", "path"):
+        raise ValueError(
+            "log_density must be None, 'exact', 'stochastic' or 'path'; got "
+            f"{log_density!r}."
+        )
+    schedule = LinearSchedule() if schedule is None else schedule
+    dim = network.output_layer.out_features
+    clip = config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max))
+    bound = config.drawing_bound(dim)
+    x0 = sample_prior(rng_key, (num_samples, dim), bound)
+    common = (network, schedule, target_score_fn(logdensity_fn), x0, num_steps, clip)
+    with_score = config.uses_target_score(num_steps)
+    if log_density is None:
+        return run_flow(*common, use_target_score=with_score).x
+    key = jax.random.fold_in(rng_key, 1)
+    if log_density == "path":
+        return run_sde(key, *common, bound, use_target_score=with_score)
+    return run_flow(
+        *common,
+        bound,
+        log_det=log_density,
+        rng_key=key,
+        use_target_score=with_score,
+    )
+
+
 def consistency_sampler(
     logdensity_fn: Callable,
     dim: int,
@@ -475,32 +538,15 @@ def consistency_sampler(
         return new_state, info
 
     def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
-        if not _is_power_of_two(num_steps):
-            raise ValueError(
-                f"num_steps must be a power of two (1, 2, 4, ...), got {num_steps!r}."
-            )
-        if log_density not in (None, "exact", "stochastic", "path"):
-            raise ValueError(
-                "log_density must be None, 'exact', 'stochastic' or 'path'; got "
-                f"{log_density!r}."
-            )
-        network = eqx.combine(params, static)
-        clip = config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max))
-        bound = config.drawing_bound(dim)
-        x0 = sample_prior(rng_key, (num_samples, dim), bound)
-        common = (network, schedule, score_fn, x0, num_steps, clip)
-        with_score = config.uses_target_score(num_steps)
-        if log_density is None:
-            return run_flow(*common, use_target_score=with_score).x
-        key = jax.random.fold_in(rng_key, 1)
-        if log_density == "path":
-            return run_sde(key, *common, bound, use_target_score=with_score)
-        return run_flow(
-            *common,
-            bound,
-            log_det=log_density,
-            rng_key=key,
-            use_target_score=with_score,
+        return draw_network(
+            rng_key,
+            eqx.combine(params, static),
+            logdensity_fn,
+            config,
+            num_samples,
+            num_steps,
+            log_density,
+            schedule,
         )
 
     return SamplerAlgorithm(init=init, step=step, sample=sample)

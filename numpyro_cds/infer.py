@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +41,13 @@ from .mcmc import mala_move
 from .monitor import MonitorConfig, Snapshot, TrainingMonitor
 from .target import Target, target_from_model
 from .train import TrainConfig, default_optimizer, fit
+from .trained import (
+    EXACT_LOG_DET_MAX_DIM,
+    TrainedSampler,
+    config_from_json,
+    load_trained,
+    save_trained,
+)
 from .whitening import (
     AffineWhitening,
     WhiteningConfig,
@@ -55,14 +63,9 @@ __all__ = [
     "EXTRA_FIELDS",
 ]
 
-#: Largest dimension with exact log-determinants in the importance weights
-#: (``jacfwd`` + ``slogdet``: ``dim`` forward passes per step and draw); above it the
-#: log-determinants are unbiased stochastic estimates.
-EXACT_LOG_DET_MAX_DIM = 200
-
-#: Extra fields of every draw: the log density, the importance log weight and the
-#: (always False) divergence flag that ArviZ reads.
-EXTRA_FIELDS = ("lp", "log_weight", "diverging")
+#: Extra fields of every draw: the log density, the sampler's log density, the
+#: importance log weight and the (always False) divergence flag that ArviZ reads.
+EXTRA_FIELDS = ("lp", "log_q", "log_weight", "diverging")
 
 _CORRECTIONS = (None, "resample", "mcmc")
 _SAMPLINGS = ("flow", "sde")
@@ -99,20 +102,19 @@ def _as_key(rng_key) -> jax.Array:
     return jax.random.wrap_key_data(jnp.asarray(array))
 
 
-def _same_arguments(a, b) -> bool:
-    leaves_a, tree_a = jax.tree.flatten(a)
-    leaves_b, tree_b = jax.tree.flatten(b)
-    if tree_a != tree_b:
-        return False
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        if x is y:
-            continue
-        try:
-            if not np.array_equal(np.asarray(x), np.asarray(y)):
-                return False
-        except (TypeError, ValueError):
-            return False
-    return True
+def _frozen_arguments(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The model arguments with NumPy arrays copied into (immutable) JAX arrays.
+
+    The sampler is trained for the data as they are at ``run``: changing an array in
+    place afterwards is new data (the next ``run`` sees another fingerprint and
+    trains again), never a silent change of what a trained sampler targets.
+    """
+
+    def freeze(leaf):
+        numeric = isinstance(leaf, np.ndarray) and leaf.dtype.kind in "biufc"
+        return jnp.array(leaf) if numeric else leaf
+
+    return jax.tree.map(freeze, (args, kwargs))
 
 
 def _check_count(name: str, value: Any) -> int:
@@ -290,12 +292,14 @@ class CDSInference(MCMC):
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self._args: tuple = ()
         self._kwargs: dict = {}
+        self._fingerprint: str | None = None
+        self._load_path: str | None = None
+        self._loaded: tuple[TrainedSampler, dict] | None = None
         self._setup = None
         self._state = None
         self._monitor: TrainingMonitor | None = None
         self._samples = None
         self._extra_fields = None
-        self._sample_fns: dict = {}
         self.training_losses: dict[str, np.ndarray] = {}
         self.timings: dict[str, float] = {}
 
@@ -369,13 +373,13 @@ class CDSInference(MCMC):
         if restored is not None:
             self._monitor.diagnosis = restored["diagnosis"]
         self._state = state
-        self._sample_fns = {}
         self.training_losses = history
         self.timings = {"whitening": time.perf_counter() - start, "training": 0.0}
         if restored is not None:
             # Seconds spent before the checkpoint was written, in earlier processes.
             self.timings.update(restored.get("timings", {}))
         self._args, self._kwargs = args, kwargs
+        self._fingerprint = arguments_fingerprint(args, kwargs)
 
     def _checkpoint_identity(self, rng_key, args, kwargs, dim: int) -> dict:
         """What a checkpoint must have been written for to be resumed."""
@@ -421,14 +425,31 @@ class CDSInference(MCMC):
 
     def _held_out_score_fn(self, rng_key) -> Callable:
         """``params -> log weights`` of held-out ``num_steps``-step draws, fixed key."""
-        kind = "path" if self.sampling == "sde" else None
+        target = self._setup["target"]
 
         def score(params):
-            return self._flat_draws(
-                rng_key, params, self.monitor_config.num_draws, self.num_steps, kind
-            )[2]
+            return (
+                self._sampler_of(params, 0)
+                .sample(
+                    rng_key,
+                    target.logdensity_fn,
+                    self.monitor_config.num_draws,
+                    self.num_steps,
+                )
+                .log_weight
+            )
 
         return jax.jit(score)
+
+    def _sampler_of(self, params, iteration) -> TrainedSampler:
+        setup = self._setup
+        return TrainedSampler(
+            eqx.combine(params, setup["static"]),
+            setup["whitening"],
+            self.consistency,
+            self.sampling,
+            jnp.asarray(iteration, jnp.int32),
+        )
 
     def _write_checkpoint(self) -> None:
         whitening = self._setup["whitening"]
@@ -469,8 +490,11 @@ class CDSInference(MCMC):
     def is_trained(self) -> bool:
         """Whether training for the current model arguments has finished.
 
-        A training that diverged and was stopped counts as finished.
+        A training that diverged and was stopped counts as finished, and so does a
+        sampler read by :meth:`load`.
         """
+        if self._loaded is not None:
+            return True
         if self._state is None:
             return False
         done = int(self._state.iteration) >= self.train_config.num_train_steps
@@ -480,6 +504,8 @@ class CDSInference(MCMC):
     def training_iterations(self) -> int:
         """Training iterations done so far."""
         self._require_setup()
+        if self._loaded is not None:
+            return int(self._loaded[1]["training_iterations"])
         return int(self._state.iteration)
 
     @property
@@ -491,7 +517,128 @@ class CDSInference(MCMC):
         with the last snapshot instead of the best, without retraining.
         """
         self._require_setup()
+        if self._loaded is not None:
+            sampler, header = self._loaded
+            params = eqx.filter(sampler.network, eqx.is_inexact_array)
+            divergence = header["snapshot_divergence"]
+            return Snapshot(int(sampler.iteration), divergence, params)
         return self._monitor.chosen(self.monitor_config.keep_best)
+
+    # --------------------------------------------------------------- save / load
+    def _site_layout(self, target: Target) -> dict:
+        sites = target.unravel_fn(jnp.zeros(target.dim))
+        return {name: list(np.shape(value)) for name, value in sites.items()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the trained sampler to ``path`` (a JSON header and ``.npy`` arrays).
+
+        The file holds the sampler that draws (:attr:`trained`), every setting, the
+        unconstrained site names and shapes, and a fingerprint of the model
+        arguments; :meth:`load` reads it back for the same model and data and draws
+        exactly what this object draws.  It is never a pickle: reading it runs no
+        code.
+        """
+        self._require_trained()
+        snapshot = self.snapshot
+        header = {
+            **self._checkpoint_identity(jax.random.key(0), self._args, self._kwargs, 0),
+            "sites": self._site_layout(self._setup["target"]),
+            "library_version": __version__,
+            "training_iterations": self.training_iterations,
+            "snapshot_divergence": snapshot.divergence,
+            "losses": {
+                name: np.asarray(values, np.float64).tolist()
+                for name, values in self.training_losses.items()
+            },
+            "timings": dict(self.timings),
+        }
+        for name in ("rng_key", "dim"):
+            header.pop(name)
+        save_trained(os.fspath(path), self.trained, header)
+
+    #: Settings a loaded sampler accepts: what happens after training.
+    _LOAD_KEYWORDS = (
+        "num_samples",
+        "num_chains",
+        "num_steps",
+        "progress_bar",
+        "correction",
+        "correction_steps",
+        "correction_pool",
+    )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: Callable, **kwargs) -> CDSInference:
+        """A ``CDSInference`` that draws with the sampler saved at ``path``.
+
+        ``run(rng_key, *args, **kwargs)`` then checks that the model's unconstrained
+        sites and the arguments are those the sampler was trained for (refusing any
+        difference, named) and draws without training; with the key of the original
+        ``run`` it gives the same draws.
+
+        Args:
+            path: a file written by :meth:`save`.
+            model: the NumPyro model it was trained for.
+            **kwargs: drawing settings (``num_samples``, ``num_chains``,
+                ``num_steps``, ``progress_bar``, ``correction``,
+                ``correction_steps``, ``correction_pool``); the others come from
+                the file.
+
+        Raises:
+            TypeError: a training setting among ``kwargs``.
+            ValueError: not a saved sampler, or a damaged file.
+        """
+        path = os.fspath(path)
+        training = sorted(set(kwargs) - set(cls._LOAD_KEYWORDS))
+        if training:
+            raise TypeError(
+                f"CDSInference.load takes drawing settings only "
+                f"{list(cls._LOAD_KEYWORDS)}; {training} are training settings, "
+                "fixed by the saved sampler. Train a new CDSInference to change them."
+            )
+        header = read_header(path)
+        if header.get("kind") != "trained_sampler":
+            raise ValueError(
+                f"{path!r} is not a saved sampler (it is a training checkpoint or "
+                "another file); pass a file written by CDSInference.save."
+            )
+        try:
+            settings = header["settings"]
+            whitening = settings["whitening"]
+            cds = cls(
+                model,
+                sampling=header["sampling"],
+                whitening=tuple(whitening)
+                if isinstance(whitening, list)
+                else whitening,
+                consistency=config_from_json(ConsistencyConfig, header["consistency"]),
+                train=config_from_json(TrainConfig, settings["train"]),
+                monitor=config_from_json(MonitorConfig, settings["monitor"]),
+                **{"num_steps": settings["num_steps"], **kwargs},
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"Saved sampler {path!r} is damaged: {error!r}.") from None
+        cds._load_path = path
+        return cds
+
+    def _prepare_loaded(self, rng_key, args, kwargs) -> None:
+        target_key = jax.random.split(rng_key, 4)[0]
+        target = target_from_model(target_key, self.sampler.model, args, kwargs)
+        expected = {
+            "dim": target.dim,
+            "sites": self._site_layout(target),
+            "model_arguments_sha256": arguments_fingerprint(args, kwargs),
+        }
+        sampler, header = load_trained(self._load_path, expected)
+        self._setup = {"target": target, "whitening": sampler.whitening}
+        self._loaded = (sampler, header)
+        self.training_losses = {
+            name: np.asarray(values, np.float64)
+            for name, values in header["losses"].items()
+        }
+        self.timings = {**header["timings"], "sampling": 0.0}
+        self._args, self._kwargs = args, kwargs
+        self._fingerprint = expected["model_arguments_sha256"]
 
     def _require_setup(self):
         if self._setup is None:
@@ -506,10 +653,14 @@ class CDSInference(MCMC):
         last completed chunk and gives the same result as an uninterrupted run.
         """
         rng_key = _as_key(rng_key)
-        same = self._setup is not None and _same_arguments(
-            (self._args, self._kwargs), (args, kwargs)
+        args, kwargs = _frozen_arguments(args, kwargs)
+        # The arguments' contents decide (data changed in place is new data).
+        same = self._setup is not None and self._fingerprint == arguments_fingerprint(
+            args, kwargs
         )
-        if not same:
+        if not same and self._load_path is not None:
+            self._prepare_loaded(rng_key, args, kwargs)
+        elif not same:
             self._prepare(rng_key, args, kwargs)
         if self.is_trained:
             return
@@ -566,53 +717,26 @@ class CDSInference(MCMC):
     @property
     def log_det_method(self) -> str:
         """How log-determinants are computed: ``"exact"`` or ``"stochastic"``."""
-        return "exact" if self.target.dim <= EXACT_LOG_DET_MAX_DIM else "stochastic"
+        return self.trained.log_det_method
 
-    def _flat_draws(self, rng_key, params, num_samples, num_steps, kind):
-        """Unconstrained flat draws of ``params``, their log densities and weights.
-
-        Args:
-            rng_key: PRNG key.
-            params: the sampler's weights.
-            num_samples: number of draws.
-            num_steps: steps per draw.
-            kind: None (the flow's log-determinant method), ``"path"`` (SDE steps
-                with path weights), or False (no weights).
-
-        Returns:
-            ``(xs, lp, log_weight, step_signs)``; the last two are None without
-            weights, and step signs are None for path weights.
-        """
-        setup = self._setup
-        algorithm, static = setup["algorithm"], setup["static"]
-        whitening, target = setup["whitening"], setup["target"]
-        if kind is False:
-            z = algorithm.sample(rng_key, params, static, num_samples, num_steps)
-            x = whitening.unwhiten(z)
-            return x, jax.vmap(target.logdensity_fn)(x), None, None
-        kind = self.log_det_method if kind is None else kind
-        draws = algorithm.sample(rng_key, params, static, num_samples, num_steps, kind)
-        x = whitening.unwhiten(draws.x)
-        lp = jax.vmap(target.logdensity_fn)(x)
-        log_q = draws.log_density - whitening.log_det
-        signs = None if kind == "path" else draws.step_signs
-        return x, lp, lp - log_q, signs
+    @property
+    def trained(self) -> TrainedSampler:
+        """The sampler that draws, as one value (the monitor's chosen snapshot)."""
+        self._require_setup()
+        if self._loaded is not None:
+            return self._loaded[0]
+        snapshot = self.snapshot
+        return self._sampler_of(snapshot.params, snapshot.iteration)
 
     def _draw_flat(self, rng_key, num_samples: int, num_steps: int, weights: bool):
-        """:meth:`_flat_draws` of the chosen snapshot, compiled once per shape.
-
-        SDE draws always come with their weights (they cost nothing extra).
-        """
-        kind = "path" if self.sampling == "sde" else (None if weights else False)
-        cache_key = (num_samples, num_steps, kind, self.log_det_method)
-        fn = self._sample_fns.get(cache_key)
-        if fn is None:
-            fn = self._sample_fns[cache_key] = jax.jit(
-                lambda key, params: self._flat_draws(
-                    key, params, num_samples, num_steps, kind
-                )
-            )
-        return fn(rng_key, self.snapshot.params)
+        """Flat draws of :attr:`trained` (see :meth:`TrainedSampler.sample`)."""
+        return self.trained.sample(
+            rng_key,
+            self._setup["target"].logdensity_fn,
+            num_samples,
+            num_steps,
+            weights,
+        )
 
     def _constrain(self, xs):
         return jax.vmap(self._setup["target"].postprocess_fn)(xs)
@@ -651,14 +775,12 @@ class CDSInference(MCMC):
         num_steps = (
             self.num_steps if num_steps is None else self._check_num_steps(num_steps)
         )
-        xs, _, weights, signs = self._draw_flat(
-            _as_key(rng_key), num_samples, num_steps, log_weights
-        )
-        samples = self._constrain(xs)
+        draws = self._draw_flat(_as_key(rng_key), num_samples, num_steps, log_weights)
+        samples = self._constrain(draws.x)
         if not log_weights:
             return samples
-        self._warn_if_folded(signs, num_steps)
-        return samples, self._checked_log_weights(weights)
+        self._warn_if_folded(draws.step_signs, num_steps)
+        return samples, self._checked_log_weights(draws.log_weight)
 
     def _require_trained(self):
         if not self.is_trained:
@@ -701,13 +823,12 @@ class CDSInference(MCMC):
         draw_key, resample_key, move_key = jax.random.split(draw_key, 3)
         total = self.num_chains * self.num_samples
         pool = total * (1 if self.correction is None else self.correction_pool)
-        xs, lp, log_weight, signs = self._draw_flat(
-            draw_key, pool, self.num_steps, True
-        )
-        log_weight = self._checked_log_weights(log_weight)
+        draws = self._draw_flat(draw_key, pool, self.num_steps, True)
+        xs = draws.x
+        log_weight = self._checked_log_weights(draws.log_weight)
         self.weights_summary = summarize_weights(log_weight)
-        self._warn_if_unreliable(signs)
-        fields = (lp, log_weight, jnp.zeros(pool, bool))
+        self._warn_if_unreliable(draws.step_signs)
+        fields = (draws.lp, draws.log_q, log_weight, jnp.zeros(pool, bool))
         extra = dict(zip(EXTRA_FIELDS, fields, strict=True))
         if self.correction is not None:
             index = psis_resample(resample_key, log_weight, total)
@@ -783,7 +904,7 @@ class CDSInference(MCMC):
 
     def _warn_if_folded(self, step_signs, num_steps: int) -> None:
         # Path weights are exact whatever the steps do; flow weights need invertibility.
-        exact_flow = self.sampling == "flow" and self.log_det_method == "exact"
+        exact_flow = self.trained.weights_are_exact
         folds = folded_steps(step_signs) if exact_flow else []
         if folds:
             warnings.warn(
@@ -843,9 +964,10 @@ class CDSInference(MCMC):
     def __getstate__(self):
         raise TypeError(
             "A CDSInference cannot be pickled: it holds the model and compiled "
-            "functions, and loading a pickle runs code. Keep the draws "
-            "(cds.get_samples()) or an ArviZ InferenceData instead, and the training "
-            "with checkpoint=path, which a new CDSInference resumes from."
+            "functions, and loading a pickle runs code. Save the trained sampler "
+            "with cds.save(path) and read it back with CDSInference.load(path, "
+            "model); keep the draws (cds.get_samples()) or an ArviZ InferenceData; "
+            "keep a training across processes with checkpoint=path."
         )
 
     def get_samples(self, group_by_chain: bool = False) -> dict:
@@ -855,6 +977,35 @@ class CDSInference(MCMC):
     def get_extra_fields(self, group_by_chain: bool = False) -> dict:
         """Per-draw ``lp`` (unconstrained log joint), ``log_weight``, ``diverging``."""
         return self._group(self._extra_fields, group_by_chain)
+
+    def to_inference_data(self, **kwargs):
+        """``arviz.from_numpyro(self, **kwargs)`` with the importance weights' summary.
+
+        ``sample_stats`` holds ``lp``, ``log_q`` and ``log_weight`` of every draw
+        (as drawn by the sampler: after ``correction="mcmc"`` moves, ``lp`` is the
+        moved draw's and the other two are its starting draw's); the attributes of
+        the ``posterior`` and ``sample_stats`` groups hold ``log_evidence``, its
+        ``log_evidence_se``, the normalised ``importance_ess``, the PSIS
+        ``pareto_k``, ``num_steps``, ``sampling`` and ``correction``.
+        """
+        import arviz as az
+
+        summary = self.weights_summary
+        if summary is None:
+            raise RuntimeError("No draws yet: call run(rng_key, *args, **kwargs).")
+        data = az.from_numpyro(self, **kwargs)
+        attrs = {
+            "log_evidence": summary.log_evidence,
+            "log_evidence_se": summary.standard_error,
+            "importance_ess": summary.ess,
+            "pareto_k": summary.pareto_k,
+            "num_steps": self.num_steps,
+            "sampling": self.sampling,
+            "correction": str(self.correction),
+        }
+        for group in ("posterior", "sample_stats"):
+            data[group].attrs.update(attrs)
+        return data
 
     def print_summary(self, prob: float = 0.9, exclude_deterministic: bool = True):
         """Print NumPyro's summary table of the draws, then the training summary."""
@@ -867,7 +1018,7 @@ class CDSInference(MCMC):
         tail = losses[-max(1, len(losses) // 10) :]
         snapshot = self.snapshot
         print(
-            f"CDS: {int(self._state.iteration)} training iterations "
+            f"CDS: {self.training_iterations} training iterations "
             f"({self.timings.get('training', 0.0):.1f} s), final diffusion loss "
             f"{np.nanmedian(tail):.4g} (median of the last tenth); drawing with the "
             "snapshot of iteration "

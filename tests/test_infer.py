@@ -55,7 +55,7 @@ def test_mcmc_chain_state_and_pickling_fail_clearly(trained_eight_schools):
             getattr(cds, name)
     with pytest.raises(AttributeError, match="cds.sample"):
         cds.post_warmup_state = None
-    with pytest.raises(TypeError, match="cannot be pickled.*checkpoint=path"):
+    with pytest.raises(TypeError, match="cannot be pickled.*cds.save.*checkpoint=path"):
         pickle.dumps(cds)
 
 
@@ -74,7 +74,7 @@ def test_run_takes_mcmc_keywords_and_never_passes_them_to_the_model():
 
     cds = CDSInference(model, num_samples=10, **TINY)
     cds.run(jax.random.key(0), extra_fields=("lp", "log_weight"), scale=2.0)
-    assert set(cds.get_extra_fields()) == {"lp", "log_weight", "diverging"}
+    assert set(cds.get_extra_fields()) == {"lp", "log_q", "log_weight", "diverging"}
     assert cds._kwargs == {"scale": 2.0}
     with pytest.raises(ValueError, match=r"no extra fields \['accept_prob'\]"):
         cds.run(jax.random.key(0), extra_fields=("accept_prob",))
@@ -115,6 +115,25 @@ def test_arviz_round_trip(trained_eight_schools):
     assert idata.log_likelihood["y"].shape == (2, 50, 8)
     summary = az.summary(idata, var_names=["mu", "tau"])
     assert list(summary.index) == ["mu", "tau"]
+
+
+def test_inference_data_carries_the_importance_weights(trained_eight_schools):
+    cds = trained_eight_schools
+    idata = cds.to_inference_data()
+    for name in ("lp", "log_q", "log_weight"):
+        assert idata.sample_stats[name].shape == (2, 50)
+    extra = cds.get_extra_fields()
+    # Before the MCMC moves, log_weight = lp - log_q of the drawn (resampled) draws.
+    assert np.all(np.isfinite(extra["log_q"]))
+    attrs = idata.posterior.attrs
+    log_z, se = cds.log_evidence()
+    assert (attrs["log_evidence"], attrs["log_evidence_se"]) == (log_z, se)
+    assert attrs["pareto_k"] == cds.weights_summary.pareto_k
+    assert 0 < attrs["importance_ess"] <= 1
+    assert idata.sample_stats.attrs["num_steps"] == 1
+    with pytest.warns(UserWarning):  # eight schools: LOO's own Pareto k warning
+        loo = az.loo(idata)
+    assert np.isfinite(loo.elpd_loo)
 
 
 def test_predictive(trained_eight_schools):
