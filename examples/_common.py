@@ -7,25 +7,52 @@ import jax
 import numpyro
 from numpyro.infer import MCMC, NUTS
 
-from numpyro_cds import CDSInference
+from numpyro_cds import CDSInference, ConsistencyConfig, TrainConfig
 
 
 def parser_with_common_flags(description, *, num_samples):
     """An argparse parser with the flags every example takes."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--num-samples", type=int, default=num_samples)
-    parser.add_argument("--num-chains", type=int, default=1)
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--num-samples", type=int, default=num_samples, help="draws")
+    parser.add_argument("--num-chains", type=int, default=1, help="groups of draws")
     parser.add_argument(
         "--num-steps",
         type=int,
         default=1,
         help="probability-flow steps per draw (1, 2, 4, ...)",
     )
-    parser.add_argument("--num-train-steps", type=int, default=8000)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--num-sde-steps", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument(
+        "--num-train-steps",
+        type=int,
+        default=TrainConfig().num_train_steps,
+        help="training iterations",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=ConsistencyConfig().batch_size,
+        help="paths per training iteration",
+    )
+    parser.add_argument(
+        "--num-sde-steps",
+        type=int,
+        default=ConsistencyConfig().num_sde_steps,
+        help="steps of the training paths (a power of 2)",
+    )
+    parser.add_argument(
+        "--correction",
+        default="mcmc",
+        choices=["mcmc", "resample", "none"],
+        help="what run() does with the draws: resampling and MALA moves, "
+        "resampling only, or none (the sampler's own draws)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "gpu"], help="JAX platform"
+    )
     parser.add_argument(
         "--compare-nuts",
         action="store_true",
@@ -37,7 +64,9 @@ def parser_with_common_flags(description, *, num_samples):
         default=1000,
         help="NUTS warm-up and draws per chain (2 chains)",
     )
-    parser.add_argument("--no-progress-bar", action="store_true")
+    parser.add_argument(
+        "--no-progress-bar", action="store_true", help="no tqdm bar while training"
+    )
     return parser
 
 
@@ -59,6 +88,7 @@ def run_inference(model, args, rng_key, *model_args, **options):
         batch_size=args.batch_size,
         num_sde_steps=args.num_sde_steps,
         progress_bar=not args.no_progress_bar,
+        correction=None if args.correction == "none" else args.correction,
         **options,
     )
     start = time.perf_counter()

@@ -4,9 +4,10 @@ __version__ = "0.1.0"  # before the imports: infer.py writes it into checkpoints
 
 from .consistency import ConsistencyConfig, consistency_sampler
 from .importance import ImportanceSummary, summarize_weights
-from .infer import CDSInference, TrainingDivergedWarning, UnreliableDrawsWarning
+from .infer import CDSInference
 from .monitor import MonitorConfig
 from .networks import ControlNetwork, TimeEmbedding
+from .report import TrainingDivergedWarning, UnreliableDrawsWarning
 from .sde import AbstractSchedule, LinearSchedule
 from .target import Target, target_from_model
 from .train import TrainConfig, fit

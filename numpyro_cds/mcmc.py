@@ -1,4 +1,8 @@
-"""Vectorised MALA moves for the resample-move correction.
+"""MALA: a one-chain kernel, and vectorised moves for the resample-move correction.
+
+:func:`mala_init` and :func:`mala_step` are a BlackJAX-shaped kernel: one unbatched
+chain with an explicit :class:`MALAState`, the step size and preconditioner passed in,
+so that ``vmap`` gives per-chain step sizes.  :func:`mala_move` runs many of them.
 
 After importance resampling has fixed the relative mass of the modes, every draw is
 moved by a short Metropolis-adjusted Langevin chain that leaves the target invariant,
@@ -21,7 +25,40 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["MALAInfo", "mala_move"]
+__all__ = [
+    "MALAState",
+    "MALAStepInfo",
+    "MALAInfo",
+    "mala_init",
+    "mala_step",
+    "mala_move",
+]
+
+
+class MALAState(NamedTuple):
+    """State of one MALA chain (BlackJAX's shape).
+
+    Attributes:
+        position: the current position.
+        logdensity: the log density there (``-inf`` where it is not finite).
+        logdensity_grad: its gradient (zero where either is not finite).
+    """
+
+    position: Float[Array, " dim"]
+    logdensity: Float[Array, ""]
+    logdensity_grad: Float[Array, " dim"]
+
+
+class MALAStepInfo(NamedTuple):
+    """What one MALA step did.
+
+    Attributes:
+        acceptance_rate: the Metropolis-Hastings acceptance probability.
+        is_accepted: whether the proposal was accepted.
+    """
+
+    acceptance_rate: Float[Array, ""]
+    is_accepted: Array
 
 
 class MALAInfo(NamedTuple):
@@ -39,15 +76,59 @@ class MALAInfo(NamedTuple):
     gradient_evaluations: int
 
 
-def _value_and_grad(logdensity_fn):
-    value_and_grad = jax.value_and_grad(logdensity_fn)
+def _safe_value_and_grad(logdensity_fn, x):
+    value, grad = jax.value_and_grad(logdensity_fn)(x)
+    finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+    return jnp.where(finite, value, -jnp.inf), jnp.where(finite, grad, 0.0)
 
-    def safe(x):
-        value, grad = value_and_grad(x)
-        finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
-        return jnp.where(finite, value, -jnp.inf), jnp.where(finite, grad, 0.0)
 
-    return jax.vmap(safe)
+def mala_init(position: Float[Array, " dim"], logdensity_fn: Callable) -> MALAState:
+    """The state of a chain at ``position``."""
+    return MALAState(position, *_safe_value_and_grad(logdensity_fn, position))
+
+
+def mala_step(
+    rng_key: PRNGKeyArray,
+    state: MALAState,
+    logdensity_fn: Callable,
+    step_size: Float[Array, ""],
+    scale: Float[Array, " dim"],
+) -> tuple[MALAState, MALAStepInfo]:
+    """One preconditioned MALA step of one chain (``vmap`` it for many chains).
+
+    Proposal ``x' = x + h^2 / 2 S^2 grad log p(x) + h S xi`` with ``h = step_size``
+    and ``S = diag(scale)``, accepted with the Metropolis-Hastings probability.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> logdensity = lambda x: -0.5 * x @ x
+        >>> state = mala_init(jnp.ones(2), logdensity)
+        >>> state, info = mala_step(jax.random.key(0), state, logdensity, 0.5,
+        ...                         jnp.ones(2))
+        >>> state.position.shape, bool(0 <= info.acceptance_rate <= 1)
+        ((2,), True)
+    """
+    noise_key, accept_key = jax.random.split(rng_key)
+
+    def log_proposal(to, frm, grad_frm):
+        mean = frm + 0.5 * step_size**2 * scale**2 * grad_frm
+        return -0.5 * jnp.sum(((to - mean) / (step_size * scale)) ** 2)
+
+    x, grad = state.position, state.logdensity_grad
+    noise = jax.random.normal(noise_key, x.shape, x.dtype)
+    proposal = x + 0.5 * step_size**2 * scale**2 * grad + step_size * scale * noise
+    new = mala_init(proposal, logdensity_fn)
+    log_ratio = (
+        new.logdensity
+        - state.logdensity
+        + log_proposal(x, proposal, new.logdensity_grad)
+        - log_proposal(proposal, x, grad)
+    )
+    log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
+    acceptance_rate = jnp.exp(jnp.minimum(log_ratio, 0.0))
+    accept = jax.random.uniform(accept_key) < acceptance_rate
+    state = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, state)
+    return state, MALAStepInfo(acceptance_rate, accept)
 
 
 def mala_move(
@@ -98,50 +179,32 @@ def mala_move(
         202000
     """
     num_chains, dim = positions.shape
-    value_and_grad = _value_and_grad(logdensity_fn)
     scale = jnp.maximum(jnp.std(positions, axis=0), min_scale)
+    step = jax.vmap(mala_step, in_axes=(0, 0, None, 0, None))
 
-    def log_proposal(to, frm, grad_frm, h):
-        mean = frm + 0.5 * h**2 * scale**2 * grad_frm
-        return -0.5 * jnp.sum(((to - mean) / (h * scale)) ** 2, axis=-1)
-
-    def step(carry, inputs):
-        x, logp, grad, log_h = carry
+    def adapt_and_step(carry, inputs):
+        states, log_h = carry
         key, index = inputs
-        noise_key, jitter_key, accept_key = jax.random.split(key, 3)
+        jitter_key, chains_key = jax.random.split(key)
         jitter = jax.random.uniform(jitter_key, (num_chains,))
-        h = jnp.exp(log_h - step_size_jitter * jitter)[:, None]
-        noise = jax.random.normal(noise_key, x.shape)
-        proposal = x + 0.5 * h**2 * scale**2 * grad + h * scale * noise
-        logp_new, grad_new = value_and_grad(proposal)
-        log_ratio = (
-            logp_new
-            - logp
-            + log_proposal(x, proposal, grad_new, h)
-            - log_proposal(proposal, x, grad, h)
-        )
-        log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
-        accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
-        accept = jax.random.uniform(accept_key, (num_chains,)) < accept_prob
-        x = jnp.where(accept[:, None], proposal, x)
-        logp = jnp.where(accept, logp_new, logp)
-        grad = jnp.where(accept[:, None], grad_new, grad)
+        step_size = jnp.exp(log_h - step_size_jitter * jitter)
+        chain_keys = jax.random.split(chains_key, num_chains)
+        states, info = step(chain_keys, states, logdensity_fn, step_size, scale)
         adapting = index < num_adapt
-        log_h = (
-            log_h + adapting * (accept_prob - target_acceptance) / (index + 1.0) ** 0.6
-        )
-        return (x, logp, grad, log_h), jnp.mean(accept_prob)
+        rate = info.acceptance_rate
+        log_h = log_h + adapting * (rate - target_acceptance) / (index + 1.0) ** 0.6
+        return (states, log_h), jnp.mean(rate)
 
-    logp, grad = value_and_grad(positions)
+    states = jax.vmap(mala_init, in_axes=(0, None))(positions, logdensity_fn)
     log_h0 = jnp.full((num_chains,), jnp.log(1.0 / dim ** (1.0 / 6.0)))
     total = num_adapt + num_steps
     keys = jax.random.split(rng_key, total)
-    (x, _, _, log_h), rates = jax.lax.scan(
-        step, (positions, logp, grad, log_h0), (keys, jnp.arange(total))
+    (states, log_h), rates = jax.lax.scan(
+        adapt_and_step, (states, log_h0), (keys, jnp.arange(total))
     )
     info = MALAInfo(
         acceptance_rate=jnp.mean(rates[num_adapt:]),
         step_size=jnp.exp(log_h),
         gradient_evaluations=num_chains * (total + 1),
     )
-    return x, info
+    return states.position, info

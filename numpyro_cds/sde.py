@@ -22,7 +22,6 @@ from jaxtyping import Array, Float
 __all__ = [
     "AbstractSchedule",
     "LinearSchedule",
-    "time_grid",
     "probability_flow_drift",
     "euler_maruyama_step",
     "probability_flow_step",
@@ -63,11 +62,6 @@ class LinearSchedule(AbstractSchedule):
     def beta(self, t):
         """Noise rate at generative time ``t``."""
         return self.beta_max + (self.beta_min - self.beta_max) * jnp.asarray(t)
-
-
-def time_grid(num_steps: int) -> Float[Array, " num_steps_plus_one"]:
-    """Uniform grid of ``num_steps + 1`` generative times from 0 to 1."""
-    return jnp.linspace(0.0, 1.0, num_steps + 1)
 
 
 def probability_flow_drift(schedule: AbstractSchedule, x, t, u):

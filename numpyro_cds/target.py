@@ -83,6 +83,38 @@ def _check_discrete_sites(sites: dict[str, dict]) -> None:
             )
 
 
+def _check_subsampling(trace: dict[str, dict]) -> None:
+    for name, site in trace.items():
+        if site["type"] == "plate" and site["args"][1] is not None:
+            size, subsample_size = site["args"]
+            if subsample_size != size:
+                raise ValueError(
+                    f"Plate '{name}' subsamples its data (subsample_size="
+                    f"{subsample_size} of {size}). CDSInference trains on the exact "
+                    "posterior, which needs every data point at every step: remove "
+                    "subsample_size (or use numpyro.infer.SVI or HMCECS for data "
+                    "subsampling)."
+                )
+
+
+def _check_site_shapes(trace: dict[str, dict]) -> None:
+    """Every sample site's log density can be evaluated at its traced value."""
+    for name, site in trace.items():
+        if site["type"] != "sample":
+            continue
+        try:
+            site["fn"].log_prob(site["value"])
+        except (ValueError, TypeError) as error:
+            fn = site["fn"]
+            raise ValueError(
+                f"Site '{name}': its value of shape {jnp.shape(site['value'])} does "
+                f"not fit its {type(fn).__name__} distribution (batch shape "
+                f"{fn.batch_shape}, event shape {fn.event_shape}): "
+                f"{str(error).rstrip('.')}. Check the shapes of the arguments passed "
+                "to run() (data and covariates of matching lengths)."
+            ) from None
+
+
 def _non_finite_sites(trace: dict[str, dict]) -> list[str]:
     """Names of sample sites whose log density is not finite in ``trace``."""
     bad = []
@@ -146,6 +178,8 @@ def target_from_model(
             "site, or remove obs= from the site you want to infer."
         )
     _check_discrete_sites(sites)
+    _check_subsampling(trace)
+    _check_site_shapes(trace)
     try:
         info = initialize_model(
             jax.random.split(init_key, num_inits),

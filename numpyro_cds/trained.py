@@ -34,6 +34,7 @@ __all__ = [
     "TrainedSampler",
     "config_from_json",
     "load_trained",
+    "read_trained_header",
     "save_trained",
 ]
 
@@ -134,18 +135,18 @@ class TrainedSampler(eqx.Module):
         Returns:
             The :class:`Draws`.
         """
-        return _draw(self, rng_key, logdensity_fn, num_samples, num_steps, weights)
+        if self.sampling == "sde":
+            kind = "path"
+        else:
+            kind = self.log_det_method if weights else None
+        return _draw(self, rng_key, logdensity_fn, num_samples, num_steps, kind)
 
 
 def _draw_uncompiled(
-    sampler, rng_key, logdensity_fn, num_samples, num_steps, weights
+    sampler, rng_key, logdensity_fn, num_samples, num_steps, kind
 ) -> Draws:
     whitening = sampler.whitening
     whitened = whitening.whitened_logdensity(logdensity_fn)
-    if sampler.sampling == "sde":
-        kind = "path"
-    else:
-        kind = sampler.log_det_method if weights else None
     draws = draw_network(
         rng_key,
         sampler.network,
@@ -206,6 +207,22 @@ def save_trained(path: str, sampler: TrainedSampler, header: dict) -> None:
     write_checkpoint(path, header, eqx.filter(arrays, eqx.is_array))
 
 
+def read_trained_header(path: str) -> dict:
+    """The header of a file written by :func:`save_trained` (no arrays are read).
+
+    Raises:
+        ValueError: not a numpyro_cds file, or not a saved sampler (e.g. a training
+            checkpoint).
+    """
+    header = read_header(path)
+    if header.get("kind") != "trained_sampler":
+        raise ValueError(
+            f"{path!r} is not a saved sampler (it is a training checkpoint or another "
+            "file); pass a file written by CDSInference.save."
+        )
+    return header
+
+
 def load_trained(path: str, expected: dict) -> tuple[TrainedSampler, dict]:
     """Read a sampler written by :func:`save_trained`, refusing any mismatch.
 
@@ -222,12 +239,7 @@ def load_trained(path: str, expected: dict) -> tuple[TrainedSampler, dict]:
         ValueError: not a numpyro_cds file, not a saved sampler (e.g. a training
             checkpoint), damaged, or written for something else.
     """
-    header = read_header(path)
-    if header.get("kind") != "trained_sampler":
-        raise ValueError(
-            f"{path!r} is not a saved sampler (it is a training checkpoint or another "
-            "file); pass a file written by CDSInference.save."
-        )
+    header = read_trained_header(path)
     try:
         config = config_from_json(ConsistencyConfig, header["consistency"])
         dim = int(header["dim"])

@@ -118,6 +118,10 @@ class WhiteningConfig:
         full_rank_max_dim: up to this many dimensions the Gaussians are full rank;
             above it mean field (each full-rank step costs ``O(dim**3)``).  0 makes
             every fit mean field.
+        max_variance_growth: the fit with the best ELBO is refused (the posterior
+            looks improper) when a coordinate's variance, averaged over the last
+            quarter of the steps, exceeds this multiple of its average over the
+            quarter before.
     """
 
     num_steps: int = 500
@@ -126,6 +130,7 @@ class WhiteningConfig:
     start_spreads: tuple[float, ...] = (1.0, 10.0, 100.0)
     max_elbo_gap: float = 3.0
     full_rank_max_dim: int = 128
+    max_variance_growth: float = 100.0
 
     def __post_init__(self):
         for name in ("num_steps", "num_draws"):
@@ -137,6 +142,8 @@ class WhiteningConfig:
                 "full_rank_max_dim must be a non-negative integer, got "
                 f"{self.full_rank_max_dim!r}."
             )
+        if not self.max_variance_growth > 1:
+            raise ValueError("max_variance_growth must be above 1.")
         if not 0 < self.learning_rate <= 1:
             raise ValueError("learning_rate must lie in (0, 1].")
         if self.num_draws % 2:
@@ -209,7 +216,10 @@ def _fit_one(rng_key, logdensity_fn, init_position, config, full_rank):
     the last quarter of the steps are averaged.
 
     Returns:
-        Mean, covariance (a vector of variances for mean field) and an ELBO estimate.
+        Mean, covariance (a vector of variances for mean field), an ELBO estimate,
+        and the largest ratio of a coordinate's variance averaged over the last
+        quarter of the steps to its average over the quarter before (about 1 once
+        the fit has converged; it keeps growing where the posterior is improper).
     """
     grad_fn = jax.vmap(jax.grad(logdensity_fn))
     dim = init_position.shape[0]
@@ -218,7 +228,7 @@ def _fit_one(rng_key, logdensity_fn, init_position, config, full_rank):
     num_average = max(1, config.num_steps // 4)
 
     def step(carry, inputs):
-        mean, root, mean_sum, covariance_sum = carry
+        mean, root, mean_sum, covariance_sum, earlier_variance_sum = carry
         key, index = inputs
         half = jax.random.normal(key, (num_draws // 2, dim))
         noise = jnp.concatenate([half, -half])
@@ -233,7 +243,11 @@ def _fit_one(rng_key, logdensity_fn, init_position, config, full_rank):
         averaging = index >= config.num_steps - num_average
         mean_sum = mean_sum + jnp.where(averaging, mean, 0.0)
         covariance_sum = covariance_sum + jnp.where(averaging, covariance, 0.0)
-        return (mean, root, mean_sum, covariance_sum), None
+        earlier = (index >= config.num_steps - 2 * num_average) & ~averaging
+        variance = jnp.diagonal(covariance) if full_rank else covariance
+        earlier_variance_sum = earlier_variance_sum + jnp.where(earlier, variance, 0.0)
+        carry = (mean, root, mean_sum, covariance_sum, earlier_variance_sum)
+        return carry, None
 
     fit_key, elbo_key = jax.random.split(rng_key)
     root = jax.lax.rsqrt(_curvature_precision(logdensity_fn, init_position))
@@ -243,13 +257,16 @@ def _fit_one(rng_key, logdensity_fn, init_position, config, full_rank):
         root,
         jnp.zeros_like(init_position),
         0.0 * _covariance(root),
+        jnp.zeros_like(init_position),
     )
     inputs = (jax.random.split(fit_key, config.num_steps), jnp.arange(config.num_steps))
-    (_, _, mean_sum, covariance_sum), _ = jax.lax.scan(step, carry, inputs)
+    (_, _, mean_sum, covariance_sum, earlier_sum), _ = jax.lax.scan(step, carry, inputs)
     mean, covariance = mean_sum / num_average, covariance_sum / num_average
+    variance = jnp.diagonal(covariance) if full_rank else covariance
+    growth = jnp.max(variance / (earlier_sum / num_average))
     final_root = _cholesky(covariance) if full_rank else jnp.sqrt(covariance)
     noise = jax.random.normal(elbo_key, (4 * config.num_draws, dim))
-    return mean, covariance, _elbo(logdensity_fn, mean, final_root, noise)
+    return mean, covariance, _elbo(logdensity_fn, mean, final_root, noise), growth
 
 
 def fit_whitening(
@@ -272,7 +289,8 @@ def fit_whitening(
         ``config.full_rank_max_dim`` dimensions, else mean field.
 
     Raises:
-        ValueError: no start gives a finite ELBO.
+        ValueError: no start gives a finite ELBO, or the best fit's variance keeps
+            growing (an improper posterior; see ``config.max_variance_growth``).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -293,7 +311,7 @@ def fit_whitening(
     fit = jax.jit(
         jax.vmap(lambda k, x0: _fit_one(k, logdensity_fn, x0, config, full_rank))
     )
-    means, covariances, elbos = fit(keys, init_positions)
+    means, covariances, elbos, growths = fit(keys, init_positions)
     finite = np.array(
         jnp.isfinite(elbos)
         & jnp.all(jnp.isfinite(means), -1)
@@ -312,6 +330,16 @@ def fit_whitening(
         elbos >= jnp.max(jnp.where(finite, elbos, -jnp.inf)) - config.max_elbo_gap
     )
     means, covariances, elbos = means[finite], covariances[finite], elbos[finite]
+    growth = float(growths[finite][jnp.argmax(elbos)])
+    if growth > config.max_variance_growth:
+        raise ValueError(
+            "The posterior looks improper: the Gaussian fit's variance still grew "
+            f"{growth:.3g}-fold over the last quarter of its {config.num_steps} steps "
+            "(a proper posterior's fit settles). Check that every latent site has a "
+            "proper prior and that the data identify the parameters. If the "
+            "posterior is proper but extremely wide, pass whitening=(loc, scale) "
+            "with its location and scale in the unconstrained space."
+        )
     weights = jax.nn.softmax(elbos)
     loc = jnp.einsum("k,ki->i", weights, means)
     offsets = means - loc

@@ -12,7 +12,7 @@ import pytest
 from conftest import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y, eight_schools
 from numpyro.infer import MCMC, Predictive
 
-import numpyro_cds.infer
+import numpyro_cds.session
 from numpyro_cds import CDSInference
 from numpyro_cds.checkpoint import read_header
 
@@ -36,7 +36,7 @@ def _interrupting_fit(*args, on_chunk, **kwargs):
     return _ORIGINAL_FIT(*args, on_chunk=interrupt, **kwargs)
 
 
-_ORIGINAL_FIT = numpyro_cds.infer.fit
+_ORIGINAL_FIT = numpyro_cds.session.fit
 
 
 def test_is_an_mcmc_with_the_attributes_arviz_reads(trained_eight_schools):
@@ -213,11 +213,11 @@ def test_interrupted_training_resumes_to_the_same_result(monkeypatch, capsys):
     reference.run(jax.random.key(0))
 
     cds = CDSInference(model, num_samples=20, **TINY)
-    monkeypatch.setattr(numpyro_cds.infer, "fit", _interrupting_fit)
+    monkeypatch.setattr(numpyro_cds.session, "fit", _interrupting_fit)
     with pytest.raises(KeyboardInterrupt):
         cds.run(jax.random.key(0))
     assert "interrupted at iteration 10" in capsys.readouterr().out
-    monkeypatch.setattr(numpyro_cds.infer, "fit", _ORIGINAL_FIT)
+    monkeypatch.setattr(numpyro_cds.session, "fit", _ORIGINAL_FIT)
     cds.run(jax.random.key(0))
     np.testing.assert_array_equal(cds.get_samples()["x"], reference.get_samples()["x"])
     assert cds.training_losses["diffusion_loss"].shape == (20,)
@@ -257,12 +257,12 @@ def test_checkpoint_resumes_in_a_new_object(monkeypatch, tmp_path):
     reference.run(jax.random.key(0))
 
     path = tmp_path / "cds.ckpt"
-    monkeypatch.setattr(numpyro_cds.infer, "fit", _interrupting_fit)
+    monkeypatch.setattr(numpyro_cds.session, "fit", _interrupting_fit)
     with pytest.raises(KeyboardInterrupt):
         CDSInference(model, num_samples=20, checkpoint=path, **TINY).run(
             jax.random.key(0)
         )
-    monkeypatch.setattr(numpyro_cds.infer, "fit", _ORIGINAL_FIT)
+    monkeypatch.setattr(numpyro_cds.session, "fit", _ORIGINAL_FIT)
     assert path.exists()
     seconds_before = read_header(str(path))["timings"]["training"]
     assert seconds_before > 0

@@ -182,7 +182,7 @@ def test_stochastic_log_dets_above_the_threshold(monkeypatch, trained_regression
     up by about half its variance (small here), hence the 0.05 allowance.
     """
     cds, args, log_z = trained_regression
-    monkeypatch.setattr("numpyro_cds.infer.EXACT_LOG_DET_MAX_DIM", 2)
+    monkeypatch.setattr("numpyro_cds.trained.EXACT_LOG_DET_MAX_DIM", 2)
     cds.run(jax.random.key(6), *args)  # draws again, no retraining
     assert cds.log_det_method == "stochastic"
     _check_evidence(cds, log_z, allowance=0.05)

@@ -114,3 +114,25 @@ def test_wrong_argument_types():
         target_from_model(jax.random.key(0), eight_schools, ())
     with pytest.raises(TypeError, match="model_args must be a tuple"):
         target_from_model(jax.random.key(0), eight_schools, EIGHT_SCHOOLS_SIGMA)
+
+
+def _regression(x, y=None):
+    slope = numpyro.sample("slope", dist.Normal(0.0, 1.0))
+    numpyro.sample("y", dist.Normal(slope * x, 1.0), obs=y)
+
+
+def test_data_of_mismatched_shapes_names_the_site():
+    with pytest.raises(ValueError, match=r"Site 'y'.*shape \(4,\).*batch shape \(3,\)"):
+        target_from_model(
+            jax.random.key(0), _regression, (np.ones(3),), {"y": np.ones(4)}
+        )
+
+
+def test_subsampling_is_refused_in_this_librarys_words():
+    def model(y):
+        loc = numpyro.sample("loc", dist.Normal(0.0, 1.0))
+        with numpyro.plate("data", len(y), subsample_size=2) as index:
+            numpyro.sample("y", dist.Normal(loc, 1.0), obs=y[index])
+
+    with pytest.raises(ValueError, match="Plate 'data' subsamples.*subsample_size"):
+        target_from_model(jax.random.key(0), model, (np.ones(5),))

@@ -17,6 +17,16 @@ import numpyro_cds.trained
 from numpyro_cds import CDSInference
 from numpyro_cds.checkpoint import write_checkpoint
 
+#: Tiny training settings (API tests, not quality).
+TINY = dict(
+    num_train_steps=4,
+    batch_size=8,
+    num_sde_steps=2,
+    chunk_size=4,
+    progress_bar=False,
+    correction=None,
+)
+
 _LOAD_AND_DRAW = """
 import sys
 import jax, numpy as np
@@ -106,16 +116,7 @@ def test_data_changed_in_place_is_new_data():
         numpyro.sample("y", dist.Normal(loc, 1.0), obs=y)
 
     y = np.zeros(3)
-    cds = CDSInference(
-        model,
-        num_samples=5,
-        num_train_steps=4,
-        batch_size=8,
-        num_sde_steps=2,
-        chunk_size=4,
-        progress_bar=False,
-        correction=None,
-    )
+    cds = CDSInference(model, num_samples=5, **TINY)
     cds.run(jax.random.key(0), y)
     target, loc = cds.target, float(cds.whitening.loc[0])
     y += 100.0

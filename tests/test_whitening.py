@@ -141,3 +141,15 @@ def test_spec_accepts_scalars_lists_and_arrays():
 def test_spec_errors(spec, match):
     with pytest.raises(ValueError, match=match):
         whitening_from_spec(spec, 2)
+
+
+def test_an_improper_posterior_is_refused():
+    """Flat in the first coordinate: the fit's variance never settles."""
+
+    def logdensity(x):
+        return -0.5 * x[1] ** 2
+
+    with pytest.raises(ValueError, match="looks improper.*proper prior"):
+        fit_whitening(jax.random.key(0), logdensity, jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match="max_variance_growth"):
+        WhiteningConfig(max_variance_growth=1.0)

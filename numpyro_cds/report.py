@@ -1,0 +1,130 @@
+"""What ``CDSInference`` tells the user: warnings about the draws, the summary lines."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+
+from .flow import folded_steps
+from .importance import KHAT_THRESHOLD, ImportanceSummary
+from .monitor import Snapshot
+
+__all__ = [
+    "UnreliableDrawsWarning",
+    "TrainingDivergedWarning",
+    "checked_log_weights",
+    "draws_description",
+    "summary_text",
+    "warn_if_folded",
+    "warn_if_unreliable",
+]
+
+
+class UnreliableDrawsWarning(UserWarning):
+    """The importance weights say the draws and the log Z estimate are unreliable."""
+
+
+class TrainingDivergedWarning(UserWarning):
+    """Training diverged; it was stopped and its best snapshot kept."""
+
+
+def checked_log_weights(log_weight, stacklevel: int = 4):
+    """Turn NaN log weights (NaN model log density) into zero weights, warning."""
+    nan = jnp.isnan(log_weight)
+    if bool(jnp.any(nan)):
+        warnings.warn(
+            f"{int(jnp.sum(nan))} draws have a NaN model log density; they get "
+            "importance weight zero. Check the model where it is undefined.",
+            UnreliableDrawsWarning,
+            stacklevel=stacklevel,
+        )
+    return jnp.where(nan, -jnp.inf, log_weight)
+
+
+def draws_description(num_steps: int, sampling: str) -> str:
+    """E.g. ``"1-step probability-flow draws"``."""
+    kind = "Euler-Maruyama" if sampling == "sde" else "probability-flow"
+    return f"{num_steps}-step {kind} draws"
+
+
+def warn_if_folded(step_signs, num_steps: int, exact_flow: bool, stacklevel: int = 4):
+    """Warn when a flow step folds space (its weights are then not exact).
+
+    Path weights are exact whatever the steps do; flow weights need invertibility,
+    checked only where the log-determinants are exact (their signs are known).
+    """
+    folds = folded_steps(step_signs) if exact_flow else []
+    if folds:
+        warnings.warn(
+            f"Flow steps {folds} of {num_steps} fold space (their Jacobian "
+            "determinant changes sign between draws), so the importance weights "
+            "are not exact. Draw with more steps or train longer.",
+            UnreliableDrawsWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def warn_if_unreliable(
+    summary: ImportanceSummary, description: str, correction, stacklevel: int = 4
+):
+    """Warn when the weights' Pareto k-hat is above :data:`KHAT_THRESHOLD`."""
+    if summary.pareto_k > KHAT_THRESHOLD:
+        advice = (
+            "raise correction_steps: the corrected draws depend on the MCMC "
+            "moves to fix what the sampler misses"
+            if correction == "mcmc"
+            else "use correction='mcmc'"
+        )
+        warnings.warn(
+            f"Pareto k-hat of the importance weights is {summary.pareto_k:.2f} > "
+            f"{KHAT_THRESHOLD}: the {description} and the log Z estimate are not "
+            "reliable. Train longer (num_train_steps), draw with more steps "
+            f"(num_steps), or {advice}.",
+            UnreliableDrawsWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def summary_text(
+    *,
+    iterations: int,
+    seconds: float,
+    losses: dict,
+    snapshot: Snapshot,
+    description: str,
+    summary: ImportanceSummary,
+    weights_kind: str,
+    correction,
+    correction_steps: int,
+    correction_info: dict,
+) -> str:
+    """The lines ``print_summary`` prints after NumPyro's table.
+
+    The final loss is the median of the last tenth of the training's diffusion
+    losses (the progress bar shows the last chunk's); the weights' ESS is the
+    normalised one, a fraction of the draws (NumPyro's ``n_eff`` above counts draws).
+    """
+    values = losses.get("diffusion_loss", np.array([np.nan]))
+    tail = values[-max(1, len(values) // 10) :]
+    verdict = "unreliable" if summary.pareto_k > KHAT_THRESHOLD else "ok"
+    lines = [
+        f"CDS: {iterations} training iterations ({seconds:.1f} s), final diffusion "
+        f"loss {np.nanmedian(tail):.4g} (median of the last tenth); drawing with the "
+        f"snapshot of iteration {snapshot.iteration} (held-out Renyi-1/2 divergence "
+        f"{snapshot.divergence:.3g}); {description}.",
+        f"Importance weights ({summary.num_draws} draws, {weights_kind}): log Z = "
+        f"{summary.log_evidence:.4f} +- {summary.standard_error:.4f}, ELBO "
+        f"{summary.elbo:.4f}, ESS {summary.ess:.3f} of the draws "
+        f"({summary.ess * summary.num_draws:.0f} effective), Pareto k-hat "
+        f"{summary.pareto_k:.2f} ({verdict})"
+        + ("." if correction is None else ", draws resampled."),
+    ]
+    if correction == "mcmc":
+        lines.append(
+            f"MCMC correction: {correction_steps} MALA steps per draw, acceptance "
+            f"{correction_info['acceptance_rate']:.2f}, "
+            f"{correction_info['gradient_evaluations']} gradient evaluations."
+        )
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""The MCMC-shaped face of ``CDSInference``: its results, as ``MCMC`` users read them.
+
+:class:`MCMCResults` subclasses :class:`numpyro.infer.MCMC` (so ``arviz.from_numpyro``,
+:class:`~numpyro.infer.Predictive` and ``print_summary`` work unchanged) and holds what
+``MCMC`` users touch after ``run``: the draws and their extra fields, grouped by chain,
+the evidence, the summary, ArviZ data, and the chain-state members that have no meaning
+for independent draws (they fail with a message naming what to use instead).  The
+driver (:class:`~numpyro_cds.infer.CDSInference`) fills ``_samples``,
+``_extra_fields`` and ``weights_summary`` and provides the training properties the
+summary reads.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from numpyro.diagnostics import print_summary as _numpyro_print_summary
+from numpyro.infer import MCMC
+
+from .report import summary_text
+
+__all__ = ["MCMCResults"]
+
+
+class MCMCResults(MCMC):
+    """Draws, extra fields, evidence, summary and ArviZ data, shaped like ``MCMC``'s.
+
+    Attributes:
+        weights_summary: the :class:`~numpyro_cds.importance.ImportanceSummary` of the
+            last ``run``'s draws (None before).
+    """
+
+    weights_summary = None
+    _samples = None
+    _extra_fields = None
+
+    def log_evidence(self) -> tuple[float, float]:
+        """``(log Z estimate, standard error)`` from the draws' importance weights.
+
+        ``Z`` is the normalising constant of the model's density over its latent
+        sites given the data, i.e. the marginal likelihood when the model's priors
+        are normalised.
+        """
+        if self.weights_summary is None:
+            raise RuntimeError("No draws yet: call run(rng_key, *args, **kwargs).")
+        return self.weights_summary.log_evidence, self.weights_summary.standard_error
+
+    # ------------------------------------------------------------------ results
+    def _group(self, tree, group_by_chain: bool):
+        if tree is None:
+            raise RuntimeError("No samples yet: call run(rng_key, *args, **kwargs).")
+        if not group_by_chain:
+            return dict(tree)
+        shape = (self.num_chains, self.num_samples)
+        return {k: v.reshape(shape + v.shape[1:]) for k, v in tree.items()}
+
+    _NO_CHAIN_STATE = (
+        "CDSInference has no MCMC chain state ({name}): its draws are independent. "
+        "To draw more without retraining, call cds.sample(key, n) or run() again with "
+        "the same model arguments; to keep a training across processes, pass "
+        "checkpoint=path."
+    )
+
+    @property
+    def last_state(self):
+        """Not available: there is no chain state (raises with what to use)."""
+        raise AttributeError(self._NO_CHAIN_STATE.format(name="last_state"))
+
+    @property
+    def post_warmup_state(self):
+        """Not available: there is no chain state (raises with what to use)."""
+        raise AttributeError(self._NO_CHAIN_STATE.format(name="post_warmup_state"))
+
+    @post_warmup_state.setter
+    def post_warmup_state(self, value):
+        raise AttributeError(self._NO_CHAIN_STATE.format(name="post_warmup_state"))
+
+    def transfer_states_to_host(self) -> None:
+        """Move the draws and their extra fields to host memory (NumPy arrays)."""
+        self._samples = jax.device_get(self._samples)
+        self._extra_fields = jax.device_get(self._extra_fields)
+
+    def __getstate__(self):
+        raise TypeError(
+            "A CDSInference cannot be pickled: it holds the model and compiled "
+            "functions, and loading a pickle runs code. Save the trained sampler "
+            "with cds.save(path) and read it back with CDSInference.load(path, "
+            "model); keep the draws (cds.get_samples()) or an ArviZ InferenceData; "
+            "keep a training across processes with checkpoint=path."
+        )
+
+    def get_samples(self, group_by_chain: bool = False) -> dict:
+        """Constrained latent and deterministic sites, as ``MCMC.get_samples``."""
+        return self._group(self._samples, group_by_chain)
+
+    def get_extra_fields(self, group_by_chain: bool = False) -> dict:
+        """Per-draw ``lp`` (unconstrained log joint), ``log_weight``, ``diverging``."""
+        return self._group(self._extra_fields, group_by_chain)
+
+    def to_inference_data(self, **kwargs):
+        """``arviz.from_numpyro(self, **kwargs)`` with the importance weights' summary.
+
+        ``sample_stats`` holds ``lp``, ``log_q`` and ``log_weight`` of every draw
+        (as drawn by the sampler: after ``correction="mcmc"`` moves, ``lp`` is the
+        moved draw's and the other two are its starting draw's); the attributes of
+        the ``posterior`` and ``sample_stats`` groups hold ``log_evidence``, its
+        ``log_evidence_se``, the normalised ``importance_ess``, the PSIS
+        ``pareto_k``, ``num_steps``, ``sampling`` and ``correction``.
+        """
+        import arviz as az
+
+        summary = self.weights_summary
+        if summary is None:
+            raise RuntimeError("No draws yet: call run(rng_key, *args, **kwargs).")
+        data = az.from_numpyro(self, **kwargs)
+        attrs = {
+            "log_evidence": summary.log_evidence,
+            "log_evidence_se": summary.standard_error,
+            "importance_ess": summary.ess,
+            "pareto_k": summary.pareto_k,
+            "num_steps": self.num_steps,
+            "sampling": self.sampling,
+            "correction": str(self.correction),
+        }
+        for group in ("posterior", "sample_stats"):
+            data[group].attrs.update(attrs)
+        return data
+
+    def print_summary(self, prob: float = 0.9, exclude_deterministic: bool = True):
+        """Print NumPyro's summary table of the draws, then the training summary."""
+        samples = self.get_samples(group_by_chain=True)
+        if exclude_deterministic:
+            latent = set(self.target.unravel_fn(jnp.zeros(self.target.dim)))
+            samples = {k: v for k, v in samples.items() if k in latent}
+        _numpyro_print_summary(samples, prob=prob, group_by_chain=True)
+        kind = (
+            "Euler-Maruyama path weights"
+            if self.sampling == "sde"
+            else f"{self.log_det_method} log-determinants"
+        )
+        text = summary_text(
+            iterations=self.training_iterations,
+            seconds=self.timings.get("training", 0.0),
+            losses=self.training_losses,
+            snapshot=self.snapshot,
+            description=self._description(),
+            summary=self.weights_summary,
+            weights_kind=kind,
+            correction=self.correction,
+            correction_steps=self.correction_steps,
+            correction_info=self.correction_info,
+        )
+        print(text)

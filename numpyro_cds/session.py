@@ -1,0 +1,439 @@
+"""One training of a sampler for one model and data: the state behind ``CDSInference``.
+
+:class:`Settings` is every setting that changes the trained sampler, in one value with
+its JSON form (checkpoints and saved samplers record it).  A :class:`TrainingSession`
+holds what one training needs and produces: the target, the whitening, the training
+state, the monitor, the loss history and the checkpoint file; ``train`` runs (or
+resumes) it, and ``trained`` is the :class:`~numpyro_cds.trained.TrainedSampler` of the
+chosen snapshot.  A :class:`LoadedSession` has the same face for a sampler read from a
+file written by :func:`save_session`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import __version__
+from .checkpoint import (
+    arguments_fingerprint,
+    read_checkpoint,
+    read_header,
+    write_checkpoint,
+)
+from .consistency import ConsistencyConfig, consistency_sampler
+from .monitor import MonitorConfig, Snapshot, TrainingMonitor
+from .target import Target, target_from_model
+from .train import TrainConfig, default_optimizer, fit
+from .trained import (
+    TrainedSampler,
+    config_from_json,
+    load_trained,
+    read_trained_header,
+    save_trained,
+)
+from .whitening import (
+    AffineWhitening,
+    WhiteningConfig,
+    fit_whitening,
+    whitening_from_spec,
+)
+
+__all__ = [
+    "Settings",
+    "TrainingSession",
+    "LoadedSession",
+    "read_saved_settings",
+    "save_session",
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting that changes the trained sampler or its draws.
+
+    Attributes:
+        consistency: the sampler and its losses.
+        train: the optimisation.
+        monitor: the training monitor.
+        whitening: ``"auto"``, None or a pair ``(loc, scale)``.
+        sampling: ``"flow"`` or ``"sde"``.
+        num_steps: steps per draw.
+    """
+
+    consistency: ConsistencyConfig
+    train: TrainConfig
+    monitor: MonitorConfig
+    whitening: str | tuple | None
+    sampling: str
+    num_steps: int
+
+    def __post_init__(self):
+        if self.sampling not in ("flow", "sde"):
+            raise ValueError(
+                "sampling must be 'flow' (probability-flow steps) or 'sde' "
+                f"(Euler-Maruyama steps with path weights); got {self.sampling!r}."
+            )
+        spec = self.whitening
+        if not (spec is None or spec == "auto" or isinstance(spec, (tuple, list))):
+            raise ValueError(
+                f"whitening must be 'auto', None or a pair (loc, scale); got {spec!r}."
+            )
+
+    def to_json(self) -> dict:
+        """The settings as JSON gives them back (lists for tuples)."""
+        spec = self.whitening
+        if isinstance(spec, (tuple, list)):
+            spec = [np.asarray(part, np.float64).tolist() for part in spec]
+        settings = {
+            "consistency": dataclasses.asdict(self.consistency),
+            "train": dataclasses.asdict(self.train),
+            "monitor": dataclasses.asdict(self.monitor),
+            "whitening": spec,
+            "sampling": self.sampling,
+            "num_steps": self.num_steps,
+        }
+        return json.loads(json.dumps(settings))
+
+    @classmethod
+    def from_json(cls, fields: dict) -> Settings:
+        """The inverse of :meth:`to_json`."""
+        whitening = fields["whitening"]
+        return cls(
+            consistency=config_from_json(ConsistencyConfig, fields["consistency"]),
+            train=config_from_json(TrainConfig, fields["train"]),
+            monitor=config_from_json(MonitorConfig, fields["monitor"]),
+            whitening=tuple(whitening) if isinstance(whitening, list) else whitening,
+            sampling=fields["sampling"],
+            num_steps=fields["num_steps"],
+        )
+
+
+def _fit_whitening(rng_key, spec, target: Target) -> AffineWhitening:
+    if spec is None:
+        return AffineWhitening(jnp.zeros(target.dim), jnp.ones(target.dim))
+    if isinstance(spec, str):
+        return fit_whitening(
+            rng_key, target.logdensity_fn, target.init_positions, WhiteningConfig()
+        )
+    return whitening_from_spec(spec, target.dim)
+
+
+def _site_layout(target: Target) -> dict:
+    """Names and shapes of the unconstrained latent sites."""
+    sites = target.unravel_fn(jnp.zeros(target.dim))
+    return {name: list(np.shape(value)) for name, value in sites.items()}
+
+
+def _losses_from_json(losses: dict) -> dict[str, np.ndarray]:
+    return {name: np.asarray(values, np.float64) for name, values in losses.items()}
+
+
+def _losses_to_json(losses: dict) -> dict[str, list]:
+    return {name: np.asarray(v, np.float64).tolist() for name, v in losses.items()}
+
+
+class TrainingSession:
+    """The training of one sampler for one model and data, resumable.
+
+    Args:
+        rng_key: the key of the whole training (whitening, initialisation, paths).
+        model: the NumPyro model.
+        args: its positional arguments.
+        kwargs: its keyword arguments.
+        settings: the settings.
+        optimizer: the optax transformation; None: :func:`~numpyro_cds.train.
+            default_optimizer` of ``settings.train``.
+        checkpoint: a file to write after every chunk and to resume from; one written
+            for other data, settings or key is refused (ValueError naming each
+            difference).
+
+    Attributes:
+        target: the flat unconstrained target.
+        whitening: the whitening map.
+        losses: per-iteration training diagnostics (NumPy arrays by name).
+        timings: seconds spent on the whitening fit and the training.
+    """
+
+    def __init__(
+        self,
+        rng_key,
+        model: Callable,
+        args: tuple,
+        kwargs: dict,
+        settings: Settings,
+        optimizer: optax.GradientTransformation | None = None,
+        checkpoint: str | None = None,
+    ):
+        start = time.perf_counter()
+        target_key, whitening_key, init_key, self._train_key = jax.random.split(
+            rng_key, 4
+        )
+        self.settings = settings
+        self.target = target = target_from_model(target_key, model, args, kwargs)
+        self._checkpoint = checkpoint
+        self._identity = {
+            "dim": target.dim,
+            "sites": _site_layout(target),
+            "settings": settings.to_json(),
+            "optimizer": "default" if optimizer is None else "custom",
+            "model_arguments_sha256": arguments_fingerprint(args, kwargs),
+            "rng_key": np.asarray(jax.random.key_data(rng_key)).tolist(),
+        }
+        if optimizer is None:
+            optimizer = default_optimizer(settings.train)
+        restored = None
+        if checkpoint is not None and os.path.exists(checkpoint):
+            restored = self._read_checkpoint(optimizer)
+        self.whitening = (
+            restored["whitening"]
+            if restored is not None
+            else _fit_whitening(whitening_key, settings.whitening, target)
+        )
+        self._algorithm = consistency_sampler(
+            self.whitening.whitened_logdensity(target.logdensity_fn),
+            target.dim,
+            settings.consistency,
+            optimizer,
+        )
+        self.state, self._static = self._algorithm.init(init_key)
+        self.losses: dict[str, np.ndarray] = {}
+        best, loss_floor = None, np.inf
+        if restored is not None:
+            self.state = restored["state"]
+            self.losses = _losses_from_json(restored["losses"])
+            best = Snapshot(
+                restored["best_iteration"],
+                restored["best_divergence"],
+                restored["best_params"],
+            )
+            loss_floor = restored["loss_floor"]
+        self.monitor = TrainingMonitor(
+            self._held_out_score_fn(jax.random.fold_in(init_key, 1)),
+            settings.monitor,
+            best,
+            loss_floor,
+        )
+        self.timings = {"whitening": time.perf_counter() - start, "training": 0.0}
+        if restored is not None:
+            self.monitor.diagnosis = restored["diagnosis"]
+            # Seconds spent before the checkpoint was written, in earlier processes.
+            self.timings.update(restored.get("timings", {}))
+
+    def _read_checkpoint(self, optimizer) -> dict:
+        header = read_header(self._checkpoint)
+        dim = self.target.dim
+        shape = tuple(header.get("whitening_scale_shape", ()))
+        if shape not in ((dim,), (dim, dim)):
+            shape = (dim,)  # the dimension check names the mismatch
+        # The arrays' structure, shapes and dtypes (they do not depend on the
+        # whitening's values or the log density).
+        template, _ = consistency_sampler(
+            self.target.logdensity_fn, dim, self.settings.consistency, optimizer
+        ).init(jax.random.key(0))
+        like = {
+            "whitening": AffineWhitening(jnp.zeros(dim), jnp.zeros(shape)),
+            "state": template,
+            "best_params": template.ema_params,
+        }
+        header, arrays = read_checkpoint(self._checkpoint, self._identity, like)
+        return {**header, **arrays}
+
+    def _write_checkpoint(self) -> None:
+        monitor = self.monitor
+        header = {
+            **self._identity,
+            "library_version": __version__,
+            "whitening_scale_shape": list(self.whitening.scale.shape),
+            "best_iteration": monitor.best.iteration,
+            "best_divergence": monitor.best.divergence,
+            "loss_floor": monitor.loss_floor,
+            "diagnosis": monitor.diagnosis,
+            "losses": _losses_to_json(self.losses),
+            "timings": dict(self.timings),
+        }
+        arrays = {
+            "whitening": self.whitening,
+            "state": self.state,
+            "best_params": monitor.best.params,
+        }
+        write_checkpoint(self._checkpoint, header, arrays)
+
+    def _held_out_score_fn(self, rng_key) -> Callable:
+        """``params -> log weights`` of held-out draws (fixed key), compiled once."""
+        logdensity_fn = self.target.logdensity_fn
+        settings = self.settings
+
+        def score(params):
+            draws = self.sampler_of(params, 0).sample(
+                rng_key, logdensity_fn, settings.monitor.num_draws, settings.num_steps
+            )
+            return draws.log_weight
+
+        return jax.jit(score)
+
+    def sampler_of(self, params, iteration) -> TrainedSampler:
+        """The :class:`TrainedSampler` with the network weights ``params``."""
+        return TrainedSampler(
+            eqx.combine(params, self._static),
+            self.whitening,
+            self.settings.consistency,
+            self.settings.sampling,
+            jnp.asarray(iteration, jnp.int32),
+        )
+
+    @property
+    def iterations(self) -> int:
+        """Training iterations done so far."""
+        return int(self.state.iteration)
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether the training has finished (a diverged, stopped one has too)."""
+        done = self.iterations >= self.settings.train.num_train_steps
+        return done or self.monitor.stop
+
+    def snapshot(self, keep_best: bool) -> Snapshot:
+        """The monitor's best snapshot, or with ``keep_best=False`` the last one."""
+        return self.monitor.chosen(keep_best)
+
+    def trained(self, keep_best: bool) -> TrainedSampler:
+        """The sampler of :meth:`snapshot`."""
+        snapshot = self.snapshot(keep_best)
+        return self.sampler_of(snapshot.params, snapshot.iteration)
+
+    def train(self, progress_bar: bool) -> str | None:
+        """Train until ``num_train_steps`` or until the monitor stops it.
+
+        Resumes where an earlier call stopped; an interrupted call (Ctrl-C) keeps
+        every completed chunk (and writes the checkpoint after each).
+
+        Returns:
+            None, or the diagnosis of a training that diverged and was stopped.
+        """
+        monitor = self.monitor
+        if not self.is_trained:
+            self._train(progress_bar)
+        if not monitor.stop:
+            return None
+        best = monitor.best
+        return (
+            f"{monitor.diagnosis}. Training stopped there; the sampler draws with its "
+            f"best snapshot (iteration {best.iteration}, held-out divergence "
+            f"{best.divergence:.3g}). Lower learning_rate, or check the model's log "
+            "density where the draws went."
+        )
+
+    def _train(self, progress_bar: bool) -> None:
+        monitor = self.monitor
+        trained_before = self.timings["training"]
+        start = time.perf_counter()
+        if monitor.best is None:
+            monitor.observe(0, self.state.ema_params, None)
+
+        def keep(state, info):
+            self.state = state
+            self.timings["training"] = trained_before + time.perf_counter() - start
+            for name, values in info._asdict().items():
+                self.losses[name] = np.concatenate([self.losses.get(name, []), values])
+            monitor.observe(int(state.iteration), state.ema_params, info._asdict())
+            if self._checkpoint is not None:
+                self._write_checkpoint()
+            return {"D": f"{monitor.latest.divergence:.3g}", "stop": monitor.stop}
+
+        try:
+            fit(
+                self._train_key,
+                self._algorithm.step,
+                self.state,
+                self._static,
+                self.settings.train.num_train_steps,
+                chunk_size=self.settings.train.chunk_size,
+                progress_bar=progress_bar,
+                on_chunk=keep,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"Training interrupted at iteration {self.iterations}; call run() "
+                "again with the same arguments to resume."
+            )
+            raise
+        finally:
+            self.timings["training"] = trained_before + time.perf_counter() - start
+
+
+def save_session(path: str, session, keep_best: bool, args: tuple, kwargs: dict):
+    """Write the sampler of ``session`` with what :class:`LoadedSession` checks."""
+    snapshot = session.snapshot(keep_best)
+    header = {
+        "settings": session.settings.to_json(),
+        "model_arguments_sha256": arguments_fingerprint(args, kwargs),
+        "sites": _site_layout(session.target),
+        "library_version": __version__,
+        "training_iterations": session.iterations,
+        "snapshot_divergence": snapshot.divergence,
+        "losses": _losses_to_json(session.losses),
+        "timings": dict(session.timings),
+    }
+    save_trained(path, session.trained(keep_best), header)
+
+
+def read_saved_settings(path: str) -> Settings:
+    """The settings recorded in a file written by :func:`save_session`.
+
+    Raises:
+        ValueError: not a saved sampler, or a damaged header.
+    """
+    header = read_trained_header(path)
+    try:
+        return Settings.from_json(header["settings"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"Saved sampler {path!r} is damaged: {error!r}.") from None
+
+
+class LoadedSession:
+    """A sampler read from a file of :func:`save_session`, checked against the model.
+
+    Raises:
+        ValueError: the file was written for another dimension, other sites or
+            other model arguments (each difference is named), or is damaged.
+    """
+
+    is_trained = True
+
+    def __init__(self, rng_key, model, args, kwargs, path: str):
+        target_key = jax.random.split(rng_key, 4)[0]
+        self.target = target_from_model(target_key, model, args, kwargs)
+        expected = {
+            "dim": self.target.dim,
+            "sites": _site_layout(self.target),
+            "model_arguments_sha256": arguments_fingerprint(args, kwargs),
+        }
+        self._sampler, header = load_trained(path, expected)
+        self.settings = read_saved_settings(path)
+        self.whitening = self._sampler.whitening
+        self.losses = _losses_from_json(header["losses"])
+        self.timings = dict(header["timings"])
+        self.iterations = int(header["training_iterations"])
+        self._divergence = header["snapshot_divergence"]
+
+    def snapshot(self, keep_best: bool) -> Snapshot:
+        """The saved snapshot (whatever ``keep_best``: it is the only one)."""
+        params = eqx.filter(self._sampler.network, eqx.is_inexact_array)
+        return Snapshot(int(self._sampler.iteration), self._divergence, params)
+
+    def trained(self, keep_best: bool) -> TrainedSampler:
+        """The saved sampler."""
+        return self._sampler
+
+    def train(self, progress_bar: bool) -> None:
+        """Nothing to do: a loaded sampler is trained (returns no diagnosis)."""
