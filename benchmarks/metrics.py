@@ -28,14 +28,13 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 from ott.tools import sinkhorn_divergence as ott_divergence
 
-from numpyro_cds.diagnostics import standardized_errors
+from numpyro_cds.diagnostics import mode_statistics, standardized_errors
 from numpyro_cds.importance import importance_ess
 
 __all__ = [
     "sinkhorn_cost",
     "sinkhorn_divergence",
     "mmd",
-    "mode_assignments",
     "entropic_mode_coverage",
     "modes_hit",
     "importance_ess",
@@ -146,43 +145,24 @@ def mmd(x: np.ndarray, y: np.ndarray) -> float:
     return float(_mmd(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)))
 
 
-def mode_assignments(draws: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Index of the nearest component mean of every draw."""
-    draws = np.asarray(draws, np.float64)
-    squared = (
-        np.sum(draws**2, 1)[:, None] - 2 * draws @ means.T + np.sum(means**2, 1)[None]
-    )
-    return np.argmin(squared, axis=1)
-
-
 def entropic_mode_coverage(draws: np.ndarray, means: np.ndarray) -> float:
     """Entropy of the mode frequencies over the log of the number of modes.
 
-    Draws are assigned to their nearest component mean.  1 means all modes are hit
+    Draws are assigned to their nearest component mean
+    (:func:`numpyro_cds.diagnostics.mode_statistics`).  1 means all modes are hit
     equally often, 0 means one mode holds every draw.
-
-    Args:
-        draws: ``(n, d)`` draws.
-        means: ``(M, d)`` component means.
-
-    Returns:
-        The normalised entropy in ``[0, 1]``.
     """
-    counts = np.bincount(mode_assignments(draws, means), minlength=len(means))
-    frequencies = counts[counts > 0] / counts.sum()
-    return float(-np.sum(frequencies * np.log(frequencies)) / np.log(len(means)))
+    return mode_statistics(draws, means)["entropic_coverage"]
 
 
 def modes_hit(draws: np.ndarray, means: np.ndarray, min_mass: float = 0.005) -> int:
     """Number of modes holding at least ``min_mass`` of the draws (nearest-mean rule)."""
-    counts = np.bincount(mode_assignments(draws, means), minlength=len(means))
-    return int(np.sum(counts / counts.sum() >= min_mass))
+    return mode_statistics(draws, means, min_mass=min_mass)["modes_found"]
 
 
 def max_mode_weight_error(draws: np.ndarray, means: np.ndarray) -> float:
     """Largest ``|frequency - 1 / M|`` over ``M`` equally weighted modes (nearest mean)."""
-    counts = np.bincount(mode_assignments(draws, means), minlength=len(means))
-    return float(np.max(np.abs(counts / counts.sum() - 1.0 / len(means))))
+    return mode_statistics(draws, means)["max_weight_error"]
 
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)

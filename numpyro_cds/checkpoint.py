@@ -113,9 +113,19 @@ def _read_header(f, path: str) -> dict:
     return header
 
 
+def _open(path: str):
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        raise ValueError(
+            f"{path!r} cannot be read as a numpyro_cds file ({error.strerror}); pass "
+            "the path of a file written by numpyro_cds."
+        ) from None
+
+
 def read_header(path: str) -> dict:
     """The header of the checkpoint at ``path`` (no arrays are loaded)."""
-    with open(path, "rb") as f:
+    with _open(path) as f:
         return _read_header(f, path)
 
 
@@ -153,7 +163,7 @@ def read_checkpoint(
             field of ``expected`` that differs (each one is named), or arrays that do
             not fit ``like``.
     """
-    with open(path, "rb") as f:
+    with _open(path) as f:
         header = _read_header(f, path)
         differences = _differences(expected, header)
         if differences:

@@ -155,7 +155,11 @@ def mode_statistics(
         0.75
     """
     draws, means = np.asarray(draws, float), np.asarray(means, float)
-    distances = np.linalg.norm(draws[:, None, :] - means[None], axis=-1)
+    # |x - m|^2 = |x|^2 - 2 x.m + |m|^2: memory of (draws, modes), not (.., dim).
+    squared = (
+        np.sum(draws**2, 1)[:, None] - 2 * draws @ means.T + np.sum(means**2, 1)[None]
+    )
+    distances = np.sqrt(np.maximum(squared, 0.0))
     nearest = distances.argmin(1)
     mass = np.bincount(nearest, minlength=len(means)) / len(draws)
     positive = mass[mass > 0]

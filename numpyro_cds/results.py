@@ -142,6 +142,7 @@ class MCMCResults(MCMC):
             iterations=self.training_iterations,
             seconds=self.timings.get("training", 0.0),
             losses=self.training_losses,
+            chunk_size=self.train_config.chunk_size,
             snapshot=self.snapshot,
             description=self._description(),
             summary=self.weights_summary,

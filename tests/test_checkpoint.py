@@ -84,3 +84,29 @@ def test_fingerprint_sees_values_dtypes_and_structure():
     assert base != arguments_fingerprint((np.ones(3, np.float32),), {"y": np.zeros(2)})
     assert base != arguments_fingerprint((np.ones(3),), {"z": np.zeros(2)})
     assert base != arguments_fingerprint((np.ones(3), "label"), {"y": np.zeros(2)})
+
+
+def test_the_package_never_unpickles():
+    """No module of numpyro_cds imports a pickle library or allows pickled arrays."""
+    import pathlib
+    import re
+
+    import numpyro_cds
+
+    package = pathlib.Path(numpyro_cds.__file__).parent
+    forbidden = re.compile(
+        r"^\s*(import|from)\s+(pickle|cloudpickle|dill)\b|allow_pickle\s*=\s*True"
+    )
+    offenders = [
+        f"{path.name}:{number}"
+        for path in sorted(package.glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if forbidden.search(line)
+    ]
+    assert len(list(package.glob("*.py"))) > 10
+    assert offenders == []
+
+
+def test_a_directory_is_refused_clearly(tmp_path):
+    with pytest.raises(ValueError, match="cannot be read as a numpyro_cds file"):
+        read_header(str(tmp_path))

@@ -311,6 +311,24 @@ def test_a_checkpoint_for_other_data_is_refused(tmp_path):
         )
 
 
+def test_a_checkpoint_of_another_model_of_the_same_dimension_is_refused(tmp_path):
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    def other():
+        numpyro.sample("z", dist.Normal(0.0, 1.0))
+
+    path = tmp_path / "cds.ckpt"
+    options = dict(TINY, num_train_steps=10)
+    CDSInference(model, num_samples=5, checkpoint=path, **options).run(
+        jax.random.key(0)
+    )
+    with pytest.raises(ValueError, match=r"not resumed.*sites"):
+        CDSInference(other, num_samples=5, checkpoint=path, **options).run(
+            jax.random.key(0)
+        )
+
+
 class _RunsCodeWhenUnpickled:
     def __init__(self, marker):
         self.marker = marker

@@ -1,5 +1,6 @@
 """The trained sampler as a value: save, load in a new process, refusals, traces."""
 
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -13,6 +14,7 @@ import numpyro.distributions as dist
 import pytest
 from conftest import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y, ROOT, eight_schools
 
+import numpyro_cds.correction
 import numpyro_cds.trained
 from numpyro_cds import CDSInference
 from numpyro_cds.checkpoint import write_checkpoint
@@ -110,17 +112,48 @@ def test_repeated_draws_of_one_shape_compile_once(trained_eight_schools):
     assert eqx.debug.get_num_traces(numpyro_cds.trained._traced_draw) == before
 
 
+def test_a_second_run_compiles_nothing_again(trained_eight_schools):
+    """Same arguments and key: no retraining, the same draws, no new traces."""
+    cds = trained_eight_schools
+    counters = (
+        numpyro_cds.trained._traced_draw,
+        numpyro_cds.correction._traced_mala_correction,
+    )
+    before = [eqx.debug.get_num_traces(counter) for counter in counters]
+    samples = cds.get_samples()
+    cds.run(jax.random.key(0), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
+    assert [eqx.debug.get_num_traces(counter) for counter in counters] == before
+    np.testing.assert_array_equal(cds.get_samples()["mu"], samples["mu"])
+
+
 def test_data_changed_in_place_is_new_data():
     def model(y):
         loc = numpyro.sample("loc", dist.Normal(0.0, 10.0))
         numpyro.sample("y", dist.Normal(loc, 1.0), obs=y)
 
     y = np.zeros(3)
-    cds = CDSInference(model, num_samples=5, **TINY)
+    cds = CDSInference(model, num_samples=5, whitening=None, **TINY)
     cds.run(jax.random.key(0), y)
-    target, loc = cds.target, float(cds.whitening.loc[0])
+    target = cds.target
     y += 100.0
     cds.run(jax.random.key(0), y)
-    # A new target and a new fit: the whitening moved to the new data's mean.
+    # A new target for the new data; the old one kept the data of its run.
+    at_100 = np.array([100.0])
     assert cds.target is not target
-    assert abs(loc) < 5 and abs(float(cds.whitening.loc[0]) - 100.0) < 5
+    assert float(cds.target.logdensity_fn(at_100)) > -60.0
+    assert float(target.logdensity_fn(at_100)) < -10_000.0
+
+
+def test_changed_settings_train_again_and_keep_best_does_not():
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    cds = CDSInference(model, num_samples=5, whitening=None, **TINY)
+    cds.run(jax.random.key(0))
+    target = cds.target
+    cds.monitor_config = dataclasses.replace(cds.monitor_config, keep_best=False)
+    cds.run(jax.random.key(0))
+    assert cds.target is target  # drawing with another snapshot retrains nothing
+    cds.train_config = dataclasses.replace(cds.train_config, learning_rate=1e-3)
+    cds.run(jax.random.key(0))
+    assert cds.target is not target
