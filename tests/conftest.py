@@ -1,4 +1,4 @@
-"""Test configuration: CPU only, fixed seeds, one tiny trained sampler per module."""
+"""Test configuration: CPU only, fixed seeds, one tiny trained sampler per session."""
 
 import atexit
 import os
@@ -38,9 +38,14 @@ from eight_schools import Y as EIGHT_SCHOOLS_Y  # noqa: E402
 from eight_schools import model as eight_schools  # noqa: E402
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_eight_schools():
-    """A tiny CDSInference run on eight schools (API tests, not quality)."""
+    """A tiny CDSInference run on eight schools (API tests, not quality).
+
+    Shared by every module that reads it (one training per test session); tests may
+    draw more from it or run it again with the same arguments and key, which gives
+    the same draws, but must not change its settings.
+    """
     cds = CDSInference(
         eight_schools,
         num_samples=50,
