@@ -13,7 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["as_key", "check_count", "frozen_arguments", "with_overrides"]
+__all__ = [
+    "as_key",
+    "check_count",
+    "check_num_steps",
+    "frozen_arguments",
+    "with_overrides",
+]
 
 
 def as_key(rng_key) -> jax.Array:
@@ -46,6 +52,17 @@ def check_count(name: str, value: Any) -> int:
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}.")
     return int(value)
+
+
+def check_num_steps(num_steps: Any, num_sde_steps: int) -> int:
+    """``num_steps`` as a power of two up to ``num_sde_steps``; else a clear error."""
+    num_steps = check_count("num_steps", num_steps)
+    if num_steps & (num_steps - 1) or num_steps > num_sde_steps:
+        raise ValueError(
+            "num_steps must be a power of two no larger than num_sde_steps="
+            f"{num_sde_steps} (1, 2, 4, ..., {num_sde_steps}); got {num_steps}."
+        )
+    return num_steps
 
 
 def with_overrides(config, **overrides):

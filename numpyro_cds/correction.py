@@ -16,15 +16,37 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .importance import psis_resample
+from .importance import ImportanceSummary, psis_resample, summarize_weights
 from .mcmc import MALAInfo, mala_move
-from .trained import Draws
+from .report import (
+    checked_log_weights,
+    draws_description,
+    warn_if_folded,
+    warn_if_unreliable,
+)
+from .trained import Draws, TrainedSampler
 from .whitening import AffineWhitening
 
-__all__ = ["CORRECTIONS", "correct_draws", "mala_correction"]
+__all__ = [
+    "CORRECTIONS",
+    "check_correction",
+    "checked_draws",
+    "correct_draws",
+    "draw_and_correct",
+    "mala_correction",
+]
 
 #: What ``correction`` may be: no correction, resampling, resampling and MALA moves.
 CORRECTIONS = (None, "resample", "mcmc")
+
+
+def check_correction(correction) -> str | None:
+    """``correction`` if it is one of :data:`CORRECTIONS`, else a ValueError."""
+    if correction not in CORRECTIONS:
+        raise ValueError(
+            f"correction must be one of {CORRECTIONS}; got {correction!r}."
+        )
+    return correction
 
 
 def _mala_correction_uncompiled(
@@ -97,10 +119,7 @@ def correct_draws(
         moved: ``x`` and ``lp`` are the moved draw's) and, with ``"mcmc"``, the
         moves' acceptance rate, median step size and gradient evaluations.
     """
-    if correction not in CORRECTIONS:
-        raise ValueError(
-            f"correction must be one of {CORRECTIONS}; got {correction!r}."
-        )
+    check_correction(correction)
     if correction is None:
         return draws, {}
     resample_key, move_key = jax.random.split(rng_key)
@@ -116,3 +135,62 @@ def correct_draws(
         "step_size": float(jax.numpy.median(info.step_size)),
         "gradient_evaluations": int(info.gradient_evaluations),
     }
+
+
+def checked_draws(
+    rng_key: PRNGKeyArray,
+    trained: TrainedSampler,
+    logdensity_fn: Callable,
+    num_draws: int,
+    num_steps: int,
+    stacklevel: int,
+) -> Draws:
+    """Weighted draws of ``trained``, with the user warned of what spoils the weights.
+
+    A draw whose model log density is NaN gets weight zero, and a flow step that
+    folds space is named (:class:`~numpyro_cds.report.UnreliableDrawsWarning`);
+    ``stacklevel`` is the caller's frame, as for :func:`warnings.warn`.
+    """
+    draws = trained.sample(rng_key, logdensity_fn, num_draws, num_steps, True)
+    log_weight = checked_log_weights(draws.log_weight, stacklevel + 1)
+    exact = trained.weights_are_exact
+    warn_if_folded(draws.step_signs, num_steps, exact, stacklevel=stacklevel + 1)
+    return draws._replace(log_weight=log_weight)
+
+
+def draw_and_correct(
+    rng_key: PRNGKeyArray,
+    trained: TrainedSampler,
+    logdensity_fn: Callable,
+    num_draws: int,
+    num_steps: int,
+    correction: str | None,
+    pool: int,
+    num_mcmc_steps: int,
+) -> tuple[Draws, ImportanceSummary, dict]:
+    """``num_draws`` corrected draws from a pool of ``pool * num_draws`` weighted ones.
+
+    Without a correction the pool is the ``num_draws`` draws themselves.  The summary
+    is the pool's weights' (before any correction); a Pareto k-hat above the
+    threshold warns (:func:`~numpyro_cds.report.warn_if_unreliable`).
+
+    Returns:
+        The draws, the :class:`~numpyro_cds.importance.ImportanceSummary` of the
+        pool and the correction's information (see :func:`correct_draws`).
+    """
+    draw_key, correct_key = jax.random.split(rng_key)
+    size = num_draws * (1 if correction is None else pool)
+    draws = checked_draws(draw_key, trained, logdensity_fn, size, num_steps, 4)
+    summary = summarize_weights(draws.log_weight)
+    description = draws_description(num_steps, trained.sampling)
+    warn_if_unreliable(summary, description, correction, stacklevel=4)
+    draws, info = correct_draws(
+        correct_key,
+        draws,
+        num_draws,
+        correction,
+        trained.whitening,
+        logdensity_fn,
+        num_mcmc_steps,
+    )
+    return draws, summary, info

@@ -1,28 +1,120 @@
-"""The MCMC-shaped face of ``CDSInference``: its results, as ``MCMC`` users read them.
+"""The results faces of ``CDSInference``: the training's, and the draws' as ``MCMC``'s.
 
-:class:`MCMCResults` subclasses :class:`numpyro.infer.MCMC` (so ``arviz.from_numpyro``,
+:class:`TrainingResults` reads what the training produced from the driver's session
+(target, whitening, losses, timings, the snapshot and the
+:class:`~numpyro_cds.trained.TrainedSampler`).  :class:`MCMCResults` subclasses
+:class:`numpyro.infer.MCMC` (so ``arviz.from_numpyro``,
 :class:`~numpyro.infer.Predictive` and ``print_summary`` work unchanged) and holds what
 ``MCMC`` users touch after ``run``: the draws and their extra fields, grouped by chain,
 the evidence, the summary, ArviZ data, and the chain-state members that have no meaning
 for independent draws (they fail with a message naming what to use instead).  The
 driver (:class:`~numpyro_cds.infer.CDSInference`) fills ``_samples``,
-``_extra_fields`` and ``weights_summary`` and provides the training properties the
-summary reads.
+``_extra_fields``, ``weights_summary`` and ``_session``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro.diagnostics import print_summary as _numpyro_print_summary
 from numpyro.infer import MCMC
 
-from .report import summary_text
+from .monitor import Snapshot
+from .report import draws_description, summary_text
+from .target import Target
+from .trained import TrainedSampler
+from .whitening import AffineWhitening
 
-__all__ = ["MCMCResults"]
+__all__ = ["EXTRA_FIELDS", "MCMCResults", "ModelView", "TrainingResults"]
+
+#: Extra fields of every draw: the log density, the sampler's log density, the
+#: importance log weight and the (always False) divergence flag that ArviZ reads.
+EXTRA_FIELDS = ("lp", "log_q", "log_weight", "diverging")
 
 
-class MCMCResults(MCMC):
+class ModelView(NamedTuple):
+    """What ArviZ reads as ``posterior.sampler`` (the model)."""
+
+    model: Callable
+
+
+class TrainingResults:
+    """What the training produced, read from the driver's session (``_session``)."""
+
+    _session = None
+
+    def _require_session(self):
+        if self._session is None:
+            raise RuntimeError("Call run(rng_key, *args, **kwargs) first.")
+        return self._session
+
+    def _require_trained(self):
+        if not self.is_trained:
+            raise RuntimeError(
+                "The sampler is not trained: call run(rng_key, *args, **kwargs) first "
+                "(or again, to finish an interrupted training)."
+            )
+
+    @property
+    def target(self) -> Target:
+        """The flat unconstrained target of the last run."""
+        return self._require_session().target
+
+    @property
+    def whitening(self) -> AffineWhitening:
+        """The whitening map of the last run."""
+        return self._require_session().whitening
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether training for the current model arguments has finished.
+
+        A training that diverged and was stopped counts as finished, and so does a
+        sampler read by ``load``.
+        """
+        return self._session is not None and self._session.is_trained
+
+    @property
+    def training_iterations(self) -> int:
+        """Training iterations done so far."""
+        return self._require_session().iterations
+
+    @property
+    def training_losses(self) -> dict[str, np.ndarray]:
+        """Per-iteration training diagnostics (see :doc:`/getting_started`)."""
+        return {} if self._session is None else self._session.losses
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds spent on the whitening fit, the training and the last draws."""
+        return {} if self._session is None else self._session.timings
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The EMA weights that draw: the monitor's choice (see ``monitor``).
+
+        ``monitor_config.keep_best`` is read at each draw, so setting
+        ``cds.monitor_config = MonitorConfig(keep_best=False)`` after training draws
+        with the last snapshot instead of the best, without retraining.
+        """
+        return self._require_session().snapshot(self.monitor_config.keep_best)
+
+    @property
+    def trained(self) -> TrainedSampler:
+        """The sampler that draws, as one value (of :attr:`snapshot`)."""
+        return self._require_session().trained(self.monitor_config.keep_best)
+
+    @property
+    def log_det_method(self) -> str:
+        """How log-determinants are computed: ``"exact"`` or ``"stochastic"``."""
+        return self.trained.log_det_method
+
+
+class MCMCResults(TrainingResults, MCMC):
     """Draws, extra fields, evidence, summary and ArviZ data, shaped like ``MCMC``'s.
 
     Attributes:
@@ -45,7 +137,31 @@ class MCMCResults(MCMC):
             raise RuntimeError("No draws yet: call run(rng_key, *args, **kwargs).")
         return self.weights_summary.log_evidence, self.weights_summary.standard_error
 
-    # ------------------------------------------------------------------ results
+    def _check_run_options(self, extra_fields, init_params) -> None:
+        """Check ``MCMC.run``'s options that are not the model's arguments."""
+        unknown = sorted(set(extra_fields) - set(EXTRA_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"CDSInference has no extra fields {unknown}; it collects "
+                f"{list(EXTRA_FIELDS)} for every draw (get_extra_fields())."
+            )
+        if init_params is not None:
+            raise ValueError(
+                "CDSInference takes no init_params: its draws are independent, not "
+                "chains started somewhere. To tell it where the posterior is, pass "
+                "whitening=(loc, scale) in the unconstrained space."
+            )
+
+    def _constrain(self, xs):
+        return jax.vmap(self.target.postprocess_fn)(xs)
+
+    def _keep(self, draws) -> None:
+        """Keep the flat ``draws`` as constrained samples and extra fields."""
+        total = draws.x.shape[0]
+        fields = (draws.lp, draws.log_q, draws.log_weight, jnp.zeros(total, bool))
+        self._extra_fields = dict(zip(EXTRA_FIELDS, fields, strict=True))
+        self._samples = jax.block_until_ready(self._constrain(draws.x))
+
     def _group(self, tree, group_by_chain: bool):
         if tree is None:
             raise RuntimeError("No samples yet: call run(rng_key, *args, **kwargs).")
@@ -144,7 +260,7 @@ class MCMCResults(MCMC):
             losses=self.training_losses,
             chunk_size=self.train_config.chunk_size,
             snapshot=self.snapshot,
-            description=self._description(),
+            description=draws_description(self.num_steps, self.sampling),
             summary=self.weights_summary,
             weights_kind=kind,
             correction=self.correction,

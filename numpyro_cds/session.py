@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from . import __version__
+from .arguments import check_num_steps, with_overrides
 from .checkpoint import (
     arguments_fingerprint,
     read_checkpoint,
@@ -44,16 +45,20 @@ from .trained import (
 from .whitening import (
     AffineWhitening,
     WhiteningConfig,
+    check_proper,
     fit_whitening,
     whitening_from_spec,
 )
 
 __all__ = [
+    "DRAWING_KEYWORDS",
     "Settings",
     "TrainingSession",
     "LoadedSession",
+    "open_session",
     "read_saved_settings",
     "save_session",
+    "saved_keywords",
 ]
 
 
@@ -78,6 +83,8 @@ class Settings:
     num_steps: int
 
     def __post_init__(self):
+        steps = check_num_steps(self.num_steps, self.consistency.num_sde_steps)
+        object.__setattr__(self, "num_steps", steps)
         if self.sampling not in ("flow", "sde"):
             raise ValueError(
                 "sampling must be 'flow' (probability-flow steps) or 'sde' "
@@ -88,6 +95,53 @@ class Settings:
             raise ValueError(
                 f"whitening must be 'auto', None or a pair (loc, scale); got {spec!r}."
             )
+
+    @classmethod
+    def from_keywords(
+        cls,
+        *,
+        consistency: ConsistencyConfig | None,
+        train: TrainConfig | None,
+        monitor: MonitorConfig | None,
+        whitening: str | tuple | None,
+        sampling: str,
+        num_steps: int,
+        **overrides,
+    ) -> Settings:
+        """The settings from ``CDSInference``'s keywords.
+
+        The typed configs (None: their defaults) with the flat overrides that are not
+        None replaced: ``batch_size`` and ``num_sde_steps`` of ``consistency``;
+        ``num_train_steps``, ``learning_rate`` and ``chunk_size`` of ``train``.
+        """
+        names = {"consistency": ("batch_size", "num_sde_steps")}
+        names["train"] = ("num_train_steps", "learning_rate", "chunk_size")
+        configs = {
+            "consistency": ConsistencyConfig() if consistency is None else consistency,
+            "train": TrainConfig() if train is None else train,
+        }
+        for name, fields in names.items():
+            given = {field: overrides.pop(field, None) for field in fields}
+            configs[name] = with_overrides(configs[name], **given)
+        if overrides:
+            raise TypeError(f"Unknown settings {sorted(overrides)}.")
+        return cls(
+            **configs,
+            monitor=MonitorConfig() if monitor is None else monitor,
+            whitening=whitening,
+            sampling=sampling,
+            num_steps=num_steps,
+        )
+
+    def trains_like(self, other: Settings) -> bool:
+        """Whether ``other`` trains the same sampler.
+
+        The monitor's ``keep_best`` is read at each draw and changes nothing trained.
+        """
+        mine, theirs = self.to_json(), other.to_json()
+        for settings in (mine, theirs):
+            settings["monitor"].pop("keep_best")
+        return mine == theirs
 
     def to_json(self) -> dict:
         """The settings as JSON gives them back (lists for tuples)."""
@@ -119,13 +173,21 @@ class Settings:
 
 
 def _fit_whitening(rng_key, spec, target: Target) -> AffineWhitening:
-    if spec is None:
-        return AffineWhitening(jnp.zeros(target.dim), jnp.ones(target.dim))
+    """The whitening of ``spec``, refusing a posterior that looks improper.
+
+    The fit of ``"auto"`` checks that itself; a given whitening is checked by
+    :func:`~numpyro_cds.whitening.check_proper`.
+    """
     if isinstance(spec, str):
         return fit_whitening(
             rng_key, target.logdensity_fn, target.init_positions, WhiteningConfig()
         )
-    return whitening_from_spec(spec, target.dim)
+    if spec is None:
+        whitening = AffineWhitening(jnp.zeros(target.dim), jnp.ones(target.dim))
+    else:
+        whitening = whitening_from_spec(spec, target.dim)
+    check_proper(rng_key, target.logdensity_fn, whitening)
+    return whitening
 
 
 def _site_layout(target: Target) -> dict:
@@ -180,13 +242,14 @@ class TrainingSession:
         )
         self.settings = settings
         self.target = target = target_from_model(target_key, model, args, kwargs)
+        self.fingerprint = arguments_fingerprint(args, kwargs)
         self._checkpoint = checkpoint
         self._identity = {
             "dim": target.dim,
             "sites": _site_layout(target),
             "settings": settings.to_json(),
             "optimizer": "default" if optimizer is None else "custom",
-            "model_arguments_sha256": arguments_fingerprint(args, kwargs),
+            "model_arguments_sha256": self.fingerprint,
             "rng_key": np.asarray(jax.random.key_data(rng_key)).tolist(),
         }
         if optimizer is None:
@@ -291,6 +354,14 @@ class TrainingSession:
             jnp.asarray(iteration, jnp.int32),
         )
 
+    def serves(self, fingerprint: str, settings: Settings) -> bool:
+        """Whether this training is for these model arguments and settings.
+
+        The arguments' contents decide (``fingerprint``): data changed in place are
+        new data.
+        """
+        return fingerprint == self.fingerprint and settings.trains_like(self.settings)
+
     @property
     def iterations(self) -> int:
         """Training iterations done so far."""
@@ -371,12 +442,12 @@ class TrainingSession:
             self.timings["training"] = trained_before + time.perf_counter() - start
 
 
-def save_session(path: str, session, keep_best: bool, args: tuple, kwargs: dict):
+def save_session(path: str, session, keep_best: bool):
     """Write the sampler of ``session`` with what :class:`LoadedSession` checks."""
     snapshot = session.snapshot(keep_best)
     header = {
         "settings": session.settings.to_json(),
-        "model_arguments_sha256": arguments_fingerprint(args, kwargs),
+        "model_arguments_sha256": session.fingerprint,
         "sites": _site_layout(session.target),
         "library_version": __version__,
         "training_iterations": session.iterations,
@@ -400,6 +471,61 @@ def read_saved_settings(path: str) -> Settings:
         raise ValueError(f"Saved sampler {path!r} is damaged: {error!r}.") from None
 
 
+#: The ``CDSInference`` keywords a saved sampler accepts: what happens after training.
+DRAWING_KEYWORDS = (
+    "num_samples",
+    "num_chains",
+    "num_steps",
+    "progress_bar",
+    "correction",
+    "correction_steps",
+    "correction_pool",
+)
+
+
+def saved_keywords(path: str, drawing: dict) -> dict:
+    """``CDSInference`` keywords for the sampler saved at ``path``.
+
+    Its settings, and the drawing keywords given.
+
+    Raises:
+        TypeError: a training setting among ``drawing``.
+        ValueError: not a saved sampler, or a damaged file.
+    """
+    training = sorted(set(drawing) - set(DRAWING_KEYWORDS))
+    if training:
+        raise TypeError(
+            f"CDSInference.load takes drawing settings only {list(DRAWING_KEYWORDS)}; "
+            f"{training} are training settings, fixed by the saved sampler. Train a "
+            "new CDSInference to change them."
+        )
+    settings = read_saved_settings(path)
+    return {
+        "sampling": settings.sampling,
+        "whitening": settings.whitening,
+        "consistency": settings.consistency,
+        "train": settings.train,
+        "monitor": settings.monitor,
+        "num_steps": settings.num_steps,
+        **drawing,
+    }
+
+
+def open_session(
+    rng_key, model, args, kwargs, settings, optimizer, checkpoint, saved_path
+) -> TrainingSession | LoadedSession:
+    """The session that draws for a ``CDSInference``.
+
+    A :class:`LoadedSession` of ``saved_path``; without one, a new (or resumed from
+    ``checkpoint``) :class:`TrainingSession`.
+    """
+    if saved_path is not None:
+        return LoadedSession(rng_key, model, args, kwargs, saved_path)
+    return TrainingSession(
+        rng_key, model, args, kwargs, settings, optimizer, checkpoint
+    )
+
+
 class LoadedSession:
     """A sampler read from a file of :func:`save_session`, checked against the model.
 
@@ -413,10 +539,11 @@ class LoadedSession:
     def __init__(self, rng_key, model, args, kwargs, path: str):
         target_key = jax.random.split(rng_key, 4)[0]
         self.target = target_from_model(target_key, model, args, kwargs)
+        self.fingerprint = arguments_fingerprint(args, kwargs)
         expected = {
             "dim": self.target.dim,
             "sites": _site_layout(self.target),
-            "model_arguments_sha256": arguments_fingerprint(args, kwargs),
+            "model_arguments_sha256": self.fingerprint,
         }
         self._sampler, header = load_trained(path, expected)
         self.settings = read_saved_settings(path)
@@ -425,6 +552,13 @@ class LoadedSession:
         self.timings = dict(header["timings"])
         self.iterations = int(header["training_iterations"])
         self._divergence = header["snapshot_divergence"]
+
+    def serves(self, fingerprint: str, settings: Settings) -> bool:
+        """Whether the file was read for these model arguments.
+
+        The settings are the file's, whatever ``settings``.
+        """
+        return fingerprint == self.fingerprint
 
     def snapshot(self, keep_best: bool) -> Snapshot:
         """The saved snapshot (whatever ``keep_best``: it is the only one)."""

@@ -55,12 +55,30 @@ def _trace_at_init(model, model_args, model_kwargs, rng_key) -> dict[str, dict]:
             *model_args, **model_kwargs
         )
     except Exception as error:  # the user's model raised: say so, keep the cause
+        lists = _python_lists(model_args, model_kwargs)
+        advice = (
+            f"Pass data as arrays, not Python lists ({', '.join(lists)}): e.g. "
+            "jnp.asarray(y)"
+            if lists
+            else "Check the arguments passed to run(): their number, types and shapes"
+        )
         raise TypeError(
             "Running the model with the given arguments failed "
-            f"({type(error).__name__}:"
-            f" {error}). Check the arguments passed to run(): their number, types and"
-            " shapes (use jnp/np arrays for data, not Python lists)."
+            f"({type(error).__name__}: {error}). {advice}."
         ) from error
+
+
+def _python_lists(model_args: tuple, model_kwargs: dict) -> list[str]:
+    """The model arguments that are Python lists or tuples of numbers, named."""
+
+    def numeric_list(value):
+        return isinstance(value, (list, tuple)) and all(
+            isinstance(item, (int, float, list, tuple)) for item in value
+        )
+
+    named = [(f"positional argument {i}", a) for i, a in enumerate(model_args)]
+    named += [(f"argument {k!r}", value) for k, value in model_kwargs.items()]
+    return [name for name, value in named if value and numeric_list(value)]
 
 
 def _latent_sites(trace: dict[str, dict]) -> dict[str, dict]:
@@ -102,6 +120,12 @@ def _check_site_shapes(trace: dict[str, dict]) -> None:
     for name, site in trace.items():
         if site["type"] != "sample":
             continue
+        if isinstance(site["value"], (list, tuple)):
+            raise TypeError(
+                f"Site '{name}': its observed value is a Python "
+                f"{type(site['value']).__name__}; pass data as arrays (e.g. "
+                "jnp.asarray(y)) to run()."
+            )
         try:
             site["fn"].log_prob(site["value"])
         except (ValueError, TypeError) as error:

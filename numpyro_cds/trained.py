@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .arguments import check_count, check_num_steps
 from .checkpoint import read_checkpoint, read_header, write_checkpoint
 from .consistency import ConsistencyConfig, draw_network
 from .networks import ControlNetwork
@@ -134,7 +135,13 @@ class TrainedSampler(eqx.Module):
 
         Returns:
             The :class:`Draws`.
+
+        Raises:
+            TypeError, ValueError: ``num_samples`` not a positive int, or
+                ``num_steps`` not a power of two up to ``config.num_sde_steps``.
         """
+        num_samples = check_count("num_samples", num_samples)
+        num_steps = check_num_steps(num_steps, self.config.num_sde_steps)
         if self.sampling == "sde":
             kind = "path"
         else:

@@ -31,7 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["AffineWhitening", "WhiteningConfig", "fit_whitening", "whitening_from_spec"]
+__all__ = [
+    "AffineWhitening",
+    "WhiteningConfig",
+    "check_proper",
+    "fit_whitening",
+    "whitening_from_spec",
+]
 
 
 class AffineWhitening(eqx.Module):
@@ -122,6 +128,11 @@ class WhiteningConfig:
             looks improper) when a coordinate's variance, averaged over the last
             quarter of the steps, exceeds this multiple of its average over the
             quarter before.
+        max_scale_ratio: the fit with the best ELBO is refused (the posterior looks
+            improper) when a coordinate's standard deviation ends more than this many
+            times its start, ``1 / sqrt(-d2 log p / dx_i2)`` at the starting point
+            (where that is not positive, 1): a fit that ran off until its steps
+            overflowed stops growing, but not within this ratio.
     """
 
     num_steps: int = 500
@@ -131,6 +142,7 @@ class WhiteningConfig:
     max_elbo_gap: float = 3.0
     full_rank_max_dim: int = 128
     max_variance_growth: float = 100.0
+    max_scale_ratio: float = 1e5
 
     def __post_init__(self):
         for name in ("num_steps", "num_draws"):
@@ -144,6 +156,8 @@ class WhiteningConfig:
             )
         if not self.max_variance_growth > 1:
             raise ValueError("max_variance_growth must be above 1.")
+        if not self.max_scale_ratio > 1:
+            raise ValueError("max_scale_ratio must be above 1.")
         if not 0 < self.learning_rate <= 1:
             raise ValueError("learning_rate must lie in (0, 1].")
         if self.num_draws % 2:
@@ -217,9 +231,11 @@ def _fit_one(rng_key, logdensity_fn, init_position, config, full_rank):
 
     Returns:
         Mean, covariance (a vector of variances for mean field), an ELBO estimate,
-        and the largest ratio of a coordinate's variance averaged over the last
-        quarter of the steps to its average over the quarter before (about 1 once
-        the fit has converged; it keeps growing where the posterior is improper).
+        and two growths: the largest ratio of a coordinate's variance averaged over
+        the last quarter of the steps to its average over the quarter before (about
+        1 once the fit has converged; it keeps growing where the posterior is
+        improper), and the largest ratio of a coordinate's final standard deviation
+        to its start.
     """
     grad_fn = jax.vmap(jax.grad(logdensity_fn))
     dim = init_position.shape[0]
@@ -264,9 +280,81 @@ def _fit_one(rng_key, logdensity_fn, init_position, config, full_rank):
     mean, covariance = mean_sum / num_average, covariance_sum / num_average
     variance = jnp.diagonal(covariance) if full_rank else covariance
     growth = jnp.max(variance / (earlier_sum / num_average))
+    start_variance = jnp.diagonal(_covariance(root)) if full_rank else root**2
+    scale_ratio = jnp.sqrt(jnp.max(variance / start_variance))
     final_root = _cholesky(covariance) if full_rank else jnp.sqrt(covariance)
     noise = jax.random.normal(elbo_key, (4 * config.num_draws, dim))
-    return mean, covariance, _elbo(logdensity_fn, mean, final_root, noise), growth
+    elbo = _elbo(logdensity_fn, mean, final_root, noise)
+    return mean, covariance, elbo, jnp.stack([growth, scale_ratio])
+
+
+def _refuse_growth(growths, config: WhiteningConfig, advice: str) -> None:
+    """Raise where a fit ran away (see ``max_variance_growth``, ``max_scale_ratio``).
+
+    Args:
+        growths: the fit's last-quarter variance growth and its scale ratio.
+        config: the fit's settings.
+        advice: the last sentence of the message.
+    """
+    growth, ratio = (float(value) for value in growths)
+    if growth > config.max_variance_growth:
+        seen = (
+            f"the Gaussian fit's variance still grew {growth:.3g}-fold over the last "
+            f"quarter of its {config.num_steps} steps (a proper posterior's fit "
+            "settles)"
+        )
+    elif ratio > config.max_scale_ratio:
+        seen = (
+            f"the Gaussian fit's scale ran to {ratio:.3g} times its start (the "
+            "curvature at the start; a proper posterior's fit stays near it)"
+        )
+    else:
+        return
+    raise ValueError(
+        f"The posterior looks improper: {seen}. Check that every latent site has a "
+        f"proper prior and that the data identify the parameters. {advice}"
+    )
+
+
+def check_proper(
+    rng_key: PRNGKeyArray,
+    logdensity_fn: Callable,
+    whitening: AffineWhitening,
+    config: WhiteningConfig | None = None,
+) -> None:
+    """Refuse a posterior that looks improper, for a whitening given, not fitted.
+
+    One Gaussian fit of :func:`fit_whitening` runs in the whitened coordinates from
+    ``whitening.loc``, so a proper posterior of the whitening's scale settles at once
+    and one that is improper (flat in some direction) keeps growing.  It costs
+    ``config.num_steps`` times ``config.num_draws`` gradients, a small fraction of
+    the training.
+
+    Raises:
+        ValueError: the fit's variance keeps growing (see
+            ``config.max_variance_growth``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> flat_in_x0 = lambda x: -0.5 * x[1] ** 2
+        >>> identity = AffineWhitening(jnp.zeros(2), jnp.ones(2))
+        >>> check_proper(jax.random.key(0), flat_in_x0, identity)
+        Traceback (most recent call last):
+        ...
+        ValueError: The posterior looks improper: ...
+    """
+    config = WhiteningConfig() if config is None else config
+    dim = whitening.loc.shape[0]
+    whitened = whitening.whitened_logdensity(logdensity_fn)
+    full_rank = dim <= config.full_rank_max_dim
+    fit = jax.jit(lambda key, x0: _fit_one(key, whitened, x0, config, full_rank))
+    growths = fit(rng_key, jnp.zeros(dim, whitening.loc.dtype))[3]
+    _refuse_growth(
+        growths,
+        config,
+        "If the posterior is proper, pass whitening='auto', or a whitening=(loc, "
+        "scale) nearer its location and scale in the unconstrained space.",
+    )
 
 
 def fit_whitening(
@@ -330,16 +418,12 @@ def fit_whitening(
         elbos >= jnp.max(jnp.where(finite, elbos, -jnp.inf)) - config.max_elbo_gap
     )
     means, covariances, elbos = means[finite], covariances[finite], elbos[finite]
-    growth = float(growths[finite][jnp.argmax(elbos)])
-    if growth > config.max_variance_growth:
-        raise ValueError(
-            "The posterior looks improper: the Gaussian fit's variance still grew "
-            f"{growth:.3g}-fold over the last quarter of its {config.num_steps} steps "
-            "(a proper posterior's fit settles). Check that every latent site has a "
-            "proper prior and that the data identify the parameters. If the "
-            "posterior is proper but extremely wide, pass whitening=(loc, scale) "
-            "with its location and scale in the unconstrained space."
-        )
+    _refuse_growth(
+        growths[finite][jnp.argmax(elbos)],
+        config,
+        "If the posterior is proper but extremely wide, pass whitening=(loc, scale) "
+        "with its location and scale in the unconstrained space.",
+    )
     weights = jax.nn.softmax(elbos)
     loc = jnp.einsum("k,ki->i", weights, means)
     offsets = means - loc

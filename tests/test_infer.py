@@ -205,6 +205,36 @@ def test_bad_run_inputs():
         CDSInference(eight_schools, **TINY).sample(jax.random.key(0), 3)
 
 
+def _flat(name):
+    return numpyro.sample(name, dist.ImproperUniform(dist.constraints.real, (), ()))
+
+
+def _ridge(y):
+    """Flat priors, one data point: only ``a + b`` is identified."""
+    numpyro.sample("y", dist.Normal(_flat("a") + _flat("b"), 1.0), obs=y)
+
+
+def _no_data():
+    _flat("a")
+    numpyro.sample("b", dist.Normal(0.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "model, args, whitening",
+    [
+        (_ridge, (1.0,), "auto"),
+        (_ridge, (1.0,), None),
+        (_no_data, (), None),
+        (_no_data, (), (0.0, [1.0, 2.0])),
+    ],
+)
+def test_an_improper_posterior_is_refused_before_training(model, args, whitening):
+    cds = CDSInference(model, whitening=whitening, **TINY)
+    with pytest.raises(ValueError, match="looks improper.*proper prior"):
+        cds.run(jax.random.key(0), *args)
+    assert cds.training_losses == {}
+
+
 def test_interrupted_training_resumes_to_the_same_result(monkeypatch, capsys):
     def model():
         numpyro.sample("x", dist.Normal(1.0, 2.0))

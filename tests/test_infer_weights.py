@@ -11,8 +11,7 @@ import numpyro.distributions as dist
 import pytest
 from jax.scipy.stats import multivariate_normal
 
-from numpyro_cds import CDSInference
-from numpyro_cds.infer import UnreliableDrawsWarning
+from numpyro_cds import CDSInference, UnreliableDrawsWarning
 
 SMALL = dict(num_train_steps=300, batch_size=64, num_sde_steps=16, progress_bar=False)
 

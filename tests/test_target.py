@@ -108,7 +108,7 @@ def test_nan_factor_names_the_site():
 def test_wrong_argument_types():
     with pytest.raises(TypeError, match="callable"):
         target_from_model(jax.random.key(0), "not a model")
-    with pytest.raises(TypeError, match="Check the arguments"):
+    with pytest.raises(TypeError, match=r"not Python lists \(positional argument 0\)"):
         target_from_model(jax.random.key(0), eight_schools, ([15.0, 10.0],))
     with pytest.raises(TypeError, match="Check the arguments"):
         target_from_model(jax.random.key(0), eight_schools, ())
@@ -119,6 +119,11 @@ def test_wrong_argument_types():
 def _regression(x, y=None):
     slope = numpyro.sample("slope", dist.Normal(0.0, 1.0))
     numpyro.sample("y", dist.Normal(slope * x, 1.0), obs=y)
+
+
+def test_observed_data_as_a_list_names_the_site():
+    with pytest.raises(TypeError, match=r"Site 'y'.*Python list.*jnp.asarray"):
+        target_from_model(jax.random.key(0), _regression, (1.0,), {"y": [1.0, 2.0]})
 
 
 def test_data_of_mismatched_shapes_names_the_site():

@@ -10,6 +10,7 @@ from numpyro_cds.diffusion import standard_normal_logdensity
 from numpyro_cds.whitening import (
     AffineWhitening,
     WhiteningConfig,
+    check_proper,
     fit_whitening,
     whitening_from_spec,
 )
@@ -153,3 +154,27 @@ def test_an_improper_posterior_is_refused():
         fit_whitening(jax.random.key(0), logdensity, jnp.zeros((2, 2)))
     with pytest.raises(ValueError, match="max_variance_growth"):
         WhiteningConfig(max_variance_growth=1.0)
+    with pytest.raises(ValueError, match="max_scale_ratio"):
+        WhiteningConfig(max_scale_ratio=0.5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_check_proper_refuses_a_ridge_for_a_given_whitening(seed):
+    """Only ``x0 + x1`` is identified: the fit runs off along ``x0 - x1`` (to float
+    overflow, where the last-quarter growth alone can look settled).
+    """
+
+    def logdensity(x):
+        return -0.5 * (x[0] + x[1] - 1.0) ** 2
+
+    identity = AffineWhitening(jnp.zeros(2), jnp.ones(2))
+    with pytest.raises(ValueError, match="looks improper.*proper prior"):
+        check_proper(jax.random.key(seed), logdensity, identity)
+
+
+def test_check_proper_accepts_a_proper_posterior_far_from_the_whitening():
+    def logdensity(x):
+        return -0.5 * jnp.sum(((x - 50.0) / 30.0) ** 2)
+
+    whitening = AffineWhitening(jnp.zeros(3), jnp.full(3, 0.5))
+    check_proper(jax.random.key(0), logdensity, whitening)
