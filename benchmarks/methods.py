@@ -181,8 +181,9 @@ class MethodRun:
 
 
 METHODS: dict[str, Callable] = {}
-#: Rows with at most this many steps carry their importance-weight summary (exact
-#: log-determinants cost ``dim`` forward passes per step and draw).
+#: Flow rows with at most this many steps carry their importance-weight summary
+#: (exact log-determinants cost ``dim`` forward passes per step and draw); SDE rows
+#: always do (path weights cost nothing extra).
 MAX_WEIGHTED_STEPS = 16
 #: The methods a run uses when none are named (opt-in methods are left out).
 DEFAULT_METHODS: list[str] = []
@@ -273,10 +274,35 @@ def paper_preset(num_train_steps: int, batch_size: int, num_sde_steps: int) -> d
     )
 
 
+def _training_gradient_evaluations(cds: CDSInference) -> int:
+    """Target gradients of the training, teacher and whitening fit included.
+
+    Each iteration moves ``B`` paths by ``N`` steps with a target score per step; the
+    SCDS self-consistency term adds one score at the teacher's midpoint per path.  A
+    CDDS student trained after its own DIS teacher adds the teacher's.
+    """
+    config = cds.consistency
+    per_path = config.num_sde_steps + (cds.method == "scds")
+    losses = cds.training_losses
+    teacher_iterations = len(losses.get("teacher_diffusion_loss", ()))
+    iterations = int(cds.training_iterations) + teacher_iterations
+    return iterations * config.batch_size * per_path + (
+        _whitening_gradient_evaluations(cds)
+    )
+
+
 def _run_cds(
-    target: BenchmarkTarget, budget: Budget, rng_key, options: dict, label: str
+    target: BenchmarkTarget,
+    budget: Budget,
+    rng_key,
+    options: dict,
+    label: str,
+    step_counts: tuple[int, ...] | None = None,
 ) -> tuple[CDSInference, list[MethodRun]]:
-    """Train ``CDSInference(**options)``; a ``label(k)`` row per number of steps."""
+    """Train ``CDSInference(**options)``; a ``label(k)`` row per number of steps.
+
+    ``step_counts`` None: the budget's (None there: 1, 2, 4, ..., N).
+    """
     train_key, sample_key = jax.random.split(rng_key)
     if budget.checkpoint_dir is not None:
         os.makedirs(budget.checkpoint_dir, exist_ok=True)
@@ -288,14 +314,17 @@ def _run_cds(
     )
     cds.warmup(train_key, *target.model_args)
     # From the sampler's own clock, which a checkpoint carries across processes.
-    train_seconds = cds.timings["whitening"] + cds.timings["training"]
+    train_seconds = sum(
+        cds.timings.get(part, 0.0)
+        for part in ("whitening", "teacher_training", "training")
+    )
     config = cds.consistency
-    training_gradients = int(cds.training_iterations) * config.batch_size * (
-        config.num_sde_steps + 1
-    ) + _whitening_gradient_evaluations(cds)
-    step_counts = budget.step_counts or [
-        2**i for i in range(config.num_sde_steps.bit_length())
-    ]
+    training_gradients = _training_gradient_evaluations(cds)
+    step_counts = (
+        step_counts
+        or budget.step_counts
+        or [2**i for i in range(config.num_sde_steps.bit_length())]
+    )
     runs = []
     for num_steps in step_counts:
         draw = lambda k=num_steps: cds.sample(sample_key, budget.num_draws, k)  # noqa: E731
@@ -307,11 +336,11 @@ def _run_cds(
             "snapshot_iteration": cds.snapshot.iteration,
             "batch_size": config.batch_size,
             "num_sde_steps": config.num_sde_steps,
-            "final_diffusion_loss": float(
-                np.median(cds.training_losses["diffusion_loss"][-100:])
+            "final_loss": float(
+                np.median(cds.training_losses[cds.settings.loss_name][-100:])
             ),
         }
-        if num_steps <= MAX_WEIGHTED_STEPS:
+        if cds.sampling == "sde" or num_steps <= MAX_WEIGHTED_STEPS:
             _, log_weights = cds.sample(sample_key, budget.num_draws, num_steps, True)
             info["weights"] = summarize_weights(np.asarray(log_weights))._asdict()
         runs.append(
@@ -363,6 +392,30 @@ def run_scds_paper(target: BenchmarkTarget, budget: Budget, rng_key) -> list[Met
         settings["num_train_steps"], settings["batch_size"], settings["num_sde_steps"]
     )
     return _run_cds(target, budget, rng_key, options, "SCDS-paper")[1]
+
+
+@register_method("dis", default=False)
+def run_dis(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
+    """DIS (``method="dis"``), rows ``DIS(k)``: Euler-Maruyama draws with path weights.
+
+    The budget's settings; the rows are ``k = N`` and 1 (the diffusion sampler is
+    trained at step ``1 / N`` only).
+    """
+    options = {**_budget_kwargs(target, budget), "method": "dis"}
+    num_sde_steps = options.get("num_sde_steps", ConsistencyConfig().num_sde_steps)
+    steps = (num_sde_steps, 1)
+    return _run_cds(target, budget, rng_key, options, "DIS", steps)[1]
+
+
+@register_method("cdds", default=False)
+def run_cdds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
+    """CDDS (``method="cdds"``, its DIS teacher trained first), row ``CDDS(1)``.
+
+    The budget's settings for the teacher and for the distillation each; the row's
+    training time and gradients include the teacher's.
+    """
+    options = {**_budget_kwargs(target, budget), "method": "cdds"}
+    return _run_cds(target, budget, rng_key, options, "CDDS", (1,))[1]
 
 
 def _whitening_run(cds: CDSInference, budget: Budget, rng_key) -> MethodRun:

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import platform
+import re
 import time
 
 import jax
@@ -53,9 +54,15 @@ def _by_method(target: dict) -> dict:
     return {row["method"]: row for row in target["rows"]}
 
 
-def _largest_scds(rows: dict) -> str | None:
-    scds = [m for m in rows if scds_steps(m)]
-    return max(scds, key=scds_steps) if scds else None
+def _largest(rows: dict, label: str = "SCDS") -> str | None:
+    """The ``label(k)`` row with the most steps ``k``, or None."""
+
+    def steps(method):
+        match = re.fullmatch(rf"{re.escape(label)}\((\d+)\)", method)
+        return int(match.group(1)) if match else 0
+
+    rows_of_label = [m for m in rows if steps(m)]
+    return max(rows_of_label, key=steps) if rows_of_label else None
 
 
 def _cell(by_method: dict, method: str | None, render) -> str | None:
@@ -86,6 +93,8 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
         "SCDS(N)",
         "SCDS(1)+MCMC",
         "SCDS-paper(1)",
+        "DIS(N)",
+        "CDDS(1)",
         "NUTS",
         "paper floor (n=1e5)",
         "paper DIS(128)",
@@ -95,7 +104,7 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
     rows = []
     for name, target in targets.items():
         by_method = _by_method(target)
-        largest = _largest_scds(by_method)
+        largest, largest_dis = _largest(by_method), _largest(by_method, "DIS")
 
         def with_excess(method, by_method=by_method):
             """``value (+excess over the same-n floor)``."""
@@ -107,7 +116,8 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
                 return _fmt(value)
             return f"{_fmt(value)} ({value - floor['metrics']['sinkhorn']:+.3f})"
 
-        first = "SCDS(1)" if "SCDS(1)" in by_method else "SCDS-paper(1)"
+        labels = ("SCDS(1)", "SCDS-paper(1)", "CDDS(1)", largest_dis)
+        first = next((m for m in labels if m in by_method), None)
         floor = by_method.get(_floor(by_method, first))
         paper, paper_floor = target["paper"], PAPER_FLOORS.get(name)
 
@@ -133,6 +143,10 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
                 else None,
                 with_excess("SCDS(1)+MCMC"),
                 with_excess("SCDS-paper(1)"),
+                f"{with_excess(largest_dis)} (N={largest_dis[4:-1]})"
+                if largest_dis
+                else None,
+                with_excess("CDDS(1)"),
                 with_excess("NUTS"),
                 paper_floor,
                 *(paper_cell(m) for m in ("DIS(128)", "SCDS(1)", "CDDS(1)")),
@@ -219,7 +233,7 @@ def _reference_table(targets: dict) -> list[str]:
     rows = []
     for name, target in targets.items():
         by_method = _by_method(target)
-        largest = _largest_scds(by_method)
+        largest = _largest(by_method)
 
         def errors(method, by_method=by_method):
             return _cell(

@@ -46,6 +46,7 @@ __all__ = [
     "SCDSState",
     "SCDSInfo",
     "SamplerAlgorithm",
+    "ema_update",
     "self_consistency_loss",
     "consistency_sampler",
     "draw_network",
@@ -84,7 +85,9 @@ class ConsistencyConfig:
         batch_size: paths per training iteration.
         width: hidden width of the control network.
         depth: hidden layers of the control network.
-        consistency_weight: weight of the self-consistency loss.
+        consistency_weight: weight of the self-consistency loss; with
+            ``volume_weight`` also 0 the sampler is DIS (the diffusion loss alone,
+            one update per iteration).
         volume_weight: weight of the volume-consistency loss (see
             :func:`self_consistency_loss`); 0 leaves it out.  It costs ``dim``
             forward-mode passes per probability-flow step, like the exact importance
@@ -228,7 +231,7 @@ class SCDSInfo(NamedTuple):
 
     Attributes:
         diffusion_loss: the log-variance loss.
-        consistency_loss: the self-consistency loss of the states.
+        consistency_loss: the self-consistency loss of the states (NaN for DIS).
         volume_loss: the volume-consistency loss; NaN when ``volume_weight`` is 0
             (not computed).
         kept_fraction: fraction of paths that entered the log-variance loss.
@@ -241,11 +244,31 @@ class SCDSInfo(NamedTuple):
 
 
 class SamplerAlgorithm(NamedTuple):
-    """``init``, ``step`` and ``sample`` functions of a trainable sampler."""
+    """``init``, ``step`` and ``sample`` functions of a trainable sampler.
+
+    ``loss_name`` is the field of ``step``'s info that the progress bar shows and the
+    training monitor watches for divergence.
+    """
 
     init: Callable
     step: Callable
     sample: Callable
+    loss_name: str = "diffusion_loss"
+
+
+def ema_update(config: ConsistencyConfig, iteration: Array, ema_params, params):
+    """The EMA weights after ``iteration``'s update.
+
+    The decay is ``min(ema_decay, 1 - (1 + i) ** -0.9)`` with ``i`` the iterations
+    since ``config.ema_start``; before it the EMA copies the weights.
+    """
+    averaged = iteration - config.ema_start
+    decay = jnp.where(
+        averaged < 0,
+        0.0,
+        jnp.minimum(config.ema_decay, 1.0 - (1.0 + averaged) ** -0.9),
+    ).astype(jnp.float32)
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
 def self_consistency_loss(
@@ -496,6 +519,11 @@ def consistency_sampler(
             diffusion_objective, has_aux=True
         )(state.params)
         params, opt_state = update(state.params, state.opt_state, grads)
+        if config.consistency_weight == 0 and config.volume_weight == 0:  # DIS
+            ema_params = ema_update(config, state.iteration, state.ema_params, params)
+            new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
+            nan = jnp.full((), jnp.nan, diffusion_loss.dtype)
+            return new_state, SCDSInfo(diffusion_loss, nan, nan, kept)
         teacher_params = state.ema_params if config.teacher == "ema" else params
         teacher = eqx.combine(teacher_params, static)
 
@@ -524,15 +552,7 @@ def consistency_sampler(
             consistency_objective, has_aux=True
         )(params)
         params, opt_state = update(params, opt_state, grads)
-        averaged = state.iteration - config.ema_start
-        decay = jnp.where(
-            averaged < 0,
-            0.0,
-            jnp.minimum(config.ema_decay, 1.0 - (1.0 + averaged) ** -0.9),
-        ).astype(jnp.float32)
-        ema_params = jax.tree.map(
-            lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params
-        )
+        ema_params = ema_update(config, state.iteration, state.ema_params, params)
         new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
         info = SCDSInfo(diffusion_loss, consistency_loss, volume_loss, kept)
         return new_state, info

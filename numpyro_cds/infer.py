@@ -25,38 +25,47 @@ from .monitor import MonitorConfig
 from .report import TrainingDivergedWarning
 from .results import MCMCResults, ModelView
 from .session import (
-    LoadedSession,
     Settings,
-    TrainingSession,
     open_session,
     save_session,
     saved_keywords,
 )
 from .train import TrainConfig
+from .trained import TrainedSampler
 
 __all__ = ["CDSInference"]
+
+#: The attribute of ``CDSInference`` that holds each field of its ``Settings``.
+_SETTING_ATTRIBUTES = {"consistency": "consistency", "train": "train_config"}
+_SETTING_ATTRIBUTES |= {"monitor": "monitor_config", "whitening": "whitening_spec"}
+_SETTING_ATTRIBUTES |= {f: f for f in ("sampling", "num_steps", "method")}
 
 
 class CDSInference(MCMCResults):
     """Consistent diffusion sampler for a NumPyro model, used like ``MCMC``.
 
-    ``run`` fits a whitening, trains a self-consistent diffusion sampler (SCDS) on the
-    model's unconstrained posterior, then draws ``num_chains * num_samples``
-    independent samples with ``num_steps`` network evaluations each, and corrects
-    them (:mod:`numpyro_cds.correction`).  Every draw carries its importance log
-    weight (extra field ``log_weight``), from which come :meth:`log_evidence`, the ESS
-    and the Pareto k-hat of :meth:`print_summary`; a k-hat above 0.7 raises an
-    :class:`~numpyro_cds.report.UnreliableDrawsWarning` (:doc:`/weights`).  On a GPU
-    raise ``batch_size`` (1024), ``num_sde_steps`` (128) and ``num_train_steps``.
+    ``run`` fits a whitening, trains a sampler (``method``) on the model's
+    unconstrained posterior, then draws ``num_chains * num_samples`` independent
+    samples with ``num_steps`` network evaluations each, and corrects them
+    (:mod:`numpyro_cds.correction`).  Every draw carries its importance log weight
+    (extra field ``log_weight``): :meth:`log_evidence`, the ESS and the Pareto k-hat
+    of :meth:`print_summary`, and an :class:`~numpyro_cds.report.
+    UnreliableDrawsWarning` above k-hat 0.7 (:doc:`/weights`).
 
     Args:
         model: the NumPyro model.
         num_samples: draws per chain.
         num_chains: "chains" of independent draws, grouped like MCMC output.
-        num_steps: steps per draw (1, 2, 4, ..., ``num_sde_steps``).
+        method: ``"scds"`` (self-consistent, trained from scratch), ``"dis"`` (the
+            diffusion sampler alone) or ``"cdds"`` (distils ``teacher``; without one,
+            trains a DIS teacher first): :doc:`/methods`.
+        teacher: for ``"cdds"``: ``cds.trained`` of a trained sampler of this model,
+            or the path of one saved with :meth:`save`.
+        num_steps: steps per draw (1, 2, 4, ..., ``num_sde_steps``); None: the
+            method's (``num_sde_steps`` for DIS, else 1).
         sampling: ``"flow"`` (probability-flow steps, change-of-variables weights) or
             ``"sde"`` (Euler-Maruyama steps, path weights: informative only at many
-            steps; :doc:`/weights`).
+            steps; :doc:`/weights`); None: ``"sde"`` for DIS, else ``"flow"``.
         num_train_steps: training iterations (overrides ``train``'s).
         batch_size: paths per training iteration (overrides ``consistency``'s).
         num_sde_steps: steps of the training paths, a power of 2 (overrides
@@ -64,22 +73,19 @@ class CDSInference(MCMCResults):
         learning_rate: initial Adam learning rate (overrides ``train``'s).
         whitening: ``"auto"`` (fit a Gaussian approximation first), None (identity)
             or ``(loc, scale)``, scalars or arrays over the flat unconstrained vector.
-        consistency: the sampler's settings (:class:`~numpyro_cds.consistency.
-            ConsistencyConfig`).
-        train: the optimisation's settings (:class:`~numpyro_cds.train.TrainConfig`).
+        consistency: the sampler (:class:`~numpyro_cds.consistency.ConsistencyConfig`).
+        train: the optimisation (:class:`~numpyro_cds.train.TrainConfig`).
         monitor: the training monitor (:class:`~numpyro_cds.monitor.MonitorConfig`):
             the snapshot that draws, the divergence stop.
         chunk_size: iterations per compiled chunk (overrides ``train``'s).
-        checkpoint: a file written after every chunk; a later ``run`` with the same
-            arguments, settings and key resumes from it (any other is refused, each
-            difference named).  JSON and ``.npy``: reading it never runs code.
-        optimizer: an optax transformation used for both updates of an iteration
-            instead of :func:`~numpyro_cds.train.default_optimizer` (a checkpoint
-            cannot tell two custom optimizers apart: resume with the same one).
+        checkpoint: a file (JSON and ``.npy``, never run) written after every chunk,
+            to resume a ``run`` with the same arguments, settings and key.
+        optimizer: an optax transformation instead of :func:`~numpyro_cds.train.
+            default_optimizer` (resume a checkpoint with the same one).
         progress_bar: show a tqdm bar with the loss and the monitor's score.
         correction: ``"mcmc"`` (PSIS resampling, then ``correction_steps`` MALA steps
-            per draw), ``"resample"`` or None (the sampler's own draws).
-            :meth:`sample` always returns uncorrected draws.
+            per draw), ``"resample"`` or None (the sampler's own draws, as
+            :meth:`sample` always returns).
         correction_steps: MALA steps per draw with ``"mcmc"``.
         correction_pool: with a correction, this many times ``num_chains *
             num_samples`` draws are resampled down to that number.
@@ -101,8 +107,10 @@ class CDSInference(MCMCResults):
         *,
         num_samples: int = 1000,
         num_chains: int = 1,
-        num_steps: int = 1,
-        sampling: str = "flow",
+        method: str = "scds",
+        teacher: TrainedSampler | str | os.PathLike | None = None,
+        num_steps: int | None = None,
+        sampling: str | None = None,
         num_train_steps: int | None = None,
         batch_size: int | None = None,
         num_sde_steps: int | None = None,
@@ -133,36 +141,26 @@ class CDSInference(MCMCResults):
             whitening=whitening,
             sampling=sampling,
             num_steps=num_steps,
+            method=method,
             batch_size=batch_size,
             num_sde_steps=num_sde_steps,
             num_train_steps=num_train_steps,
             learning_rate=learning_rate,
             chunk_size=chunk_size,
         )
-        self.consistency, self.train_config = settings.consistency, settings.train
-        self.monitor_config, self.whitening_spec = settings.monitor, settings.whitening
-        self.sampling, self.num_steps = settings.sampling, settings.num_steps
+        for field, attribute in _SETTING_ATTRIBUTES.items():
+            setattr(self, attribute, getattr(settings, field))
         self.correction = check_correction(correction)
         self.correction_steps = check_count("correction_steps", correction_steps)
         self.correction_pool = check_count("correction_pool", correction_pool)
-        self.correction_info: dict = {}
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
-        self.optimizer = optimizer
-        self._args, self._kwargs = (), {}
-        self._load_path: str | None = None
-        self._session: TrainingSession | LoadedSession | None = None
+        self.optimizer, self.teacher = optimizer, teacher
+        self._args, self._kwargs, self._load_path = (), {}, None
 
     @property
     def settings(self) -> Settings:
         """Every setting that changes the trained sampler, as one value."""
-        return Settings(
-            consistency=self.consistency,
-            train=self.train_config,
-            monitor=self.monitor_config,
-            whitening=self.whitening_spec,
-            sampling=self.sampling,
-            num_steps=self.num_steps,
-        )
+        return Settings(**{f: getattr(self, a) for f, a in _SETTING_ATTRIBUTES.items()})
 
     def warmup(self, rng_key, *args, **kwargs) -> None:
         """Fit the whitening and train the sampler (NumPyro's warm-up analogue).
@@ -187,6 +185,7 @@ class CDSInference(MCMCResults):
                 self.optimizer,
                 self.checkpoint,
                 self._load_path,
+                self.teacher,
             )
             self._args, self._kwargs = args, kwargs
         diagnosis = self._session.train(self.progress_bar)

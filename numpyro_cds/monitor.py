@@ -120,6 +120,7 @@ class TrainingMonitor:
         config: the monitor's settings.
         best: a snapshot to start from (a resumed run's).
         loss_floor: the lowest chunk median of the loss so far (a resumed run's).
+        loss_name: the field of the training info whose jumps count as diverging.
 
     Example:
         >>> import numpy as np
@@ -136,8 +137,10 @@ class TrainingMonitor:
         config: MonitorConfig,
         best: Snapshot | None = None,
         loss_floor: float = np.inf,
+        loss_name: str = "diffusion_loss",
     ):
         self.score_fn = score_fn
+        self.loss_name = loss_name
         self.config = config
         self.best = best
         self.latest: Snapshot | None = None
@@ -151,8 +154,8 @@ class TrainingMonitor:
         Args:
             iteration: iterations done.
             params: the EMA weights.
-            info: the chunk's per-iteration ``diffusion_loss`` and ``kept_fraction``
-                (None before training).
+            info: the chunk's per-iteration losses (``loss_name``) and
+                ``kept_fraction`` (None before training).
         """
         divergence = renyi_half_divergence(self.score_fn(params))
         snapshot = Snapshot(iteration, divergence, params)
@@ -163,7 +166,7 @@ class TrainingMonitor:
             self._check_divergence(iteration, info)
 
     def _check_divergence(self, iteration: int, info: dict) -> None:
-        losses = np.asarray(info["diffusion_loss"], np.float64)
+        losses = np.asarray(info[self.loss_name], np.float64)
         finite = losses[np.isfinite(losses)]
         median = float(np.median(finite)) if finite.size else np.inf
         kept = np.asarray(info.get("kept_fraction", np.ones(1)), np.float64)

@@ -92,6 +92,7 @@ def summary_text(
     iterations: int,
     seconds: float,
     losses: dict,
+    loss_name: str,
     chunk_size: int,
     snapshot: Snapshot,
     description: str,
@@ -103,17 +104,17 @@ def summary_text(
 ) -> str:
     """The lines ``print_summary`` prints after NumPyro's table.
 
-    The final loss is the mean diffusion loss of the last chunk, as the progress bar
-    shows it; the weights' ESS is the normalised one, a fraction of the draws
+    The final loss is the mean ``loss_name`` loss of the last chunk, as the progress
+    bar shows it; the weights' ESS is the normalised one, a fraction of the draws
     (NumPyro's ``n_eff`` above counts draws).
     """
-    values = losses.get("diffusion_loss", np.array([np.nan]))
+    values = losses.get(loss_name, np.array([np.nan]))
     tail = values[-chunk_size:]
     verdict = "unreliable" if summary.pareto_k > KHAT_THRESHOLD else "ok"
     lines = [
-        f"CDS: {iterations} training iterations ({seconds:.1f} s), final diffusion "
-        f"loss {np.nanmean(tail):.4g} (mean of the last {len(tail)} iterations, as on "
-        "the progress bar); drawing with the "
+        f"CDS: {iterations} training iterations ({seconds:.1f} s), final "
+        f"{loss_name.replace('_', ' ')} {np.nanmean(tail):.4g} (mean of the last "
+        f"{len(tail)} iterations, as on the progress bar); drawing with the "
         f"snapshot of iteration {snapshot.iteration} (held-out Renyi-1/2 divergence "
         f"{snapshot.divergence:.3g}); {description}.",
         f"Importance weights ({summary.num_draws} draws, {weights_kind}): log Z = "

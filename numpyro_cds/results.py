@@ -120,9 +120,12 @@ class MCMCResults(TrainingResults, MCMC):
     Attributes:
         weights_summary: the :class:`~numpyro_cds.importance.ImportanceSummary` of the
             last ``run``'s draws (None before).
+        correction_info: the last ``run``'s correction (acceptance rate, step size
+            and gradient evaluations of its MALA moves; empty without).
     """
 
     weights_summary = None
+    correction_info: dict = {}  # noqa: RUF012 (replaced by each run, never mutated)
     _samples = None
     _extra_fields = None
 
@@ -258,6 +261,7 @@ class MCMCResults(TrainingResults, MCMC):
             iterations=self.training_iterations,
             seconds=self.timings.get("training", 0.0),
             losses=self.training_losses,
+            loss_name=self.settings.loss_name,
             chunk_size=self.train_config.chunk_size,
             snapshot=self.snapshot,
             description=draws_description(self.num_steps, self.sampling),

@@ -31,9 +31,15 @@ from .checkpoint import (
     read_header,
     write_checkpoint,
 )
-from .consistency import ConsistencyConfig, consistency_sampler
+from .consistency import (
+    ConsistencyConfig,
+    SamplerAlgorithm,
+    consistency_sampler,
+)
+from .distillation import distillation_sampler
 from .monitor import MonitorConfig, Snapshot, TrainingMonitor
 from .target import Target, target_from_model
+from .teachers import resolve_teacher, sampler_fingerprint
 from .train import TrainConfig, default_optimizer, fit
 from .trained import (
     TrainedSampler,
@@ -50,8 +56,14 @@ from .whitening import (
     whitening_from_spec,
 )
 
+#: The training methods: the self-consistent sampler, the diffusion sampler it builds
+#: on, and the consistency distillation of a trained teacher.
+METHODS = ("scds", "dis", "cdds")
+
 __all__ = [
     "DRAWING_KEYWORDS",
+    "DistillationSession",
+    "METHODS",
     "Settings",
     "TrainingSession",
     "LoadedSession",
@@ -73,6 +85,7 @@ class Settings:
         whitening: ``"auto"``, None or a pair ``(loc, scale)``.
         sampling: ``"flow"`` or ``"sde"``.
         num_steps: steps per draw.
+        method: one of :data:`METHODS`.
     """
 
     consistency: ConsistencyConfig
@@ -81,10 +94,19 @@ class Settings:
     whitening: str | tuple | None
     sampling: str
     num_steps: int
+    method: str = "scds"
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}; got {self.method!r}.")
         steps = check_num_steps(self.num_steps, self.consistency.num_sde_steps)
         object.__setattr__(self, "num_steps", steps)
+        if self.method == "cdds" and (steps != 1 or self.sampling != "flow"):
+            raise ValueError(
+                "method='cdds' draws in one probability-flow step (num_steps=1, "
+                f"sampling='flow'); got num_steps={steps}, sampling="
+                f"{self.sampling!r}. For more steps use method='scds' or the teacher."
+            )
         if self.sampling not in ("flow", "sde"):
             raise ValueError(
                 "sampling must be 'flow' (probability-flow steps) or 'sde' "
@@ -104,8 +126,9 @@ class Settings:
         train: TrainConfig | None,
         monitor: MonitorConfig | None,
         whitening: str | tuple | None,
-        sampling: str,
-        num_steps: int,
+        sampling: str | None,
+        num_steps: int | None,
+        method: str = "scds",
         **overrides,
     ) -> Settings:
         """The settings from ``CDSInference``'s keywords.
@@ -113,6 +136,8 @@ class Settings:
         The typed configs (None: their defaults) with the flat overrides that are not
         None replaced: ``batch_size`` and ``num_sde_steps`` of ``consistency``;
         ``num_train_steps``, ``learning_rate`` and ``chunk_size`` of ``train``.
+        ``sampling`` and ``num_steps`` None are the method's: ``N`` Euler-Maruyama
+        steps for DIS (a diffusion sampler), one probability-flow step otherwise.
         """
         names = {"consistency": ("batch_size", "num_sde_steps")}
         names["train"] = ("num_train_steps", "learning_rate", "chunk_size")
@@ -125,13 +150,24 @@ class Settings:
             configs[name] = with_overrides(configs[name], **given)
         if overrides:
             raise TypeError(f"Unknown settings {sorted(overrides)}.")
+        diffusion = method == "dis"
+        if sampling is None:
+            sampling = "sde" if diffusion else "flow"
+        if num_steps is None:
+            num_steps = configs["consistency"].num_sde_steps if diffusion else 1
         return cls(
             **configs,
             monitor=MonitorConfig() if monitor is None else monitor,
             whitening=whitening,
             sampling=sampling,
             num_steps=num_steps,
+            method=method,
         )
+
+    @property
+    def loss_name(self) -> str:
+        """The training loss shown on the progress bar and watched by the monitor."""
+        return "distillation_loss" if self.method == "cdds" else "diffusion_loss"
 
     def trains_like(self, other: Settings) -> bool:
         """Whether ``other`` trains the same sampler.
@@ -155,6 +191,7 @@ class Settings:
             "whitening": spec,
             "sampling": self.sampling,
             "num_steps": self.num_steps,
+            "method": self.method,
         }
         return json.loads(json.dumps(settings))
 
@@ -169,6 +206,7 @@ class Settings:
             whitening=tuple(whitening) if isinstance(whitening, list) else whitening,
             sampling=fields["sampling"],
             num_steps=fields["num_steps"],
+            method=fields.get("method", "scds"),
         )
 
 
@@ -186,14 +224,30 @@ def _fit_whitening(rng_key, spec, target: Target) -> AffineWhitening:
         whitening = AffineWhitening(jnp.zeros(target.dim), jnp.ones(target.dim))
     else:
         whitening = whitening_from_spec(spec, target.dim)
-    check_proper(rng_key, target.logdensity_fn, whitening)
+    check_proper(rng_key, target.logdensity_fn, whitening, target.init_positions)
     return whitening
 
 
-def _site_layout(target: Target) -> dict:
-    """Names and shapes of the unconstrained latent sites."""
-    sites = target.unravel_fn(jnp.zeros(target.dim))
-    return {name: list(np.shape(value)) for name, value in sites.items()}
+def sampler_algorithm(
+    settings: Settings,
+    logdensity_fn: Callable,
+    dim: int,
+    optimizer: optax.GradientTransformation,
+    teacher: TrainedSampler | None = None,
+) -> SamplerAlgorithm:
+    """The training algorithm of ``settings.method`` on a whitened log density.
+
+    SCDS as configured; DIS is SCDS without the self-consistency and volume terms;
+    CDDS distils ``teacher`` (:func:`~numpyro_cds.distillation.distillation_sampler`).
+    """
+    config = settings.consistency
+    if settings.method == "cdds":
+        return distillation_sampler(
+            logdensity_fn, teacher.network, config, optimizer, teacher.schedule
+        )
+    if settings.method == "dis":
+        config = dataclasses.replace(config, consistency_weight=0.0, volume_weight=0.0)
+    return consistency_sampler(logdensity_fn, dim, config, optimizer)
 
 
 def _losses_from_json(losses: dict) -> dict[str, np.ndarray]:
@@ -218,6 +272,10 @@ class TrainingSession:
         checkpoint: a file to write after every chunk and to resume from; one written
             for other data, settings or key is refused (ValueError naming each
             difference).
+        teacher: with ``settings.method == "cdds"``, the trained sampler to distil:
+            a :class:`~numpyro_cds.trained.TrainedSampler` or the path of a saved
+            one (see :func:`~numpyro_cds.teachers.resolve_teacher`); its whitening
+            is the student's.
 
     Attributes:
         target: the flat unconstrained target.
@@ -235,6 +293,7 @@ class TrainingSession:
         settings: Settings,
         optimizer: optax.GradientTransformation | None = None,
         checkpoint: str | None = None,
+        teacher: TrainedSampler | str | None = None,
     ):
         start = time.perf_counter()
         target_key, whitening_key, init_key, self._train_key = jax.random.split(
@@ -243,30 +302,38 @@ class TrainingSession:
         self.settings = settings
         self.target = target = target_from_model(target_key, model, args, kwargs)
         self.fingerprint = arguments_fingerprint(args, kwargs)
+        self.teacher = None
+        if settings.method == "cdds":
+            self.teacher = resolve_teacher(teacher, target, self.fingerprint, settings)
         self._checkpoint = checkpoint
         self._identity = {
             "dim": target.dim,
-            "sites": _site_layout(target),
+            "sites": target.site_layout(),
             "settings": settings.to_json(),
             "optimizer": "default" if optimizer is None else "custom",
             "model_arguments_sha256": self.fingerprint,
             "rng_key": np.asarray(jax.random.key_data(rng_key)).tolist(),
+            "teacher_sha256": None
+            if self.teacher is None
+            else (sampler_fingerprint(self.teacher)),
         }
         if optimizer is None:
             optimizer = default_optimizer(settings.train)
         restored = None
         if checkpoint is not None and os.path.exists(checkpoint):
             restored = self._read_checkpoint(optimizer)
-        self.whitening = (
-            restored["whitening"]
-            if restored is not None
-            else _fit_whitening(whitening_key, settings.whitening, target)
-        )
-        self._algorithm = consistency_sampler(
+        if restored is not None:
+            self.whitening = restored["whitening"]
+        elif self.teacher is not None:
+            self.whitening = self.teacher.whitening
+        else:
+            self.whitening = _fit_whitening(whitening_key, settings.whitening, target)
+        self._algorithm = sampler_algorithm(
+            settings,
             self.whitening.whitened_logdensity(target.logdensity_fn),
             target.dim,
-            settings.consistency,
             optimizer,
+            self.teacher,
         )
         self.state, self._static = self._algorithm.init(init_key)
         self.losses: dict[str, np.ndarray] = {}
@@ -285,6 +352,7 @@ class TrainingSession:
             settings.monitor,
             best,
             loss_floor,
+            loss_name=self._algorithm.loss_name,
         )
         self.timings = {"whitening": time.perf_counter() - start, "training": 0.0}
         if restored is not None:
@@ -300,8 +368,8 @@ class TrainingSession:
             shape = (dim,)  # the dimension check names the mismatch
         # The arrays' structure, shapes and dtypes (they do not depend on the
         # whitening's values or the log density).
-        template, _ = consistency_sampler(
-            self.target.logdensity_fn, dim, self.settings.consistency, optimizer
+        template, _ = sampler_algorithm(
+            self.settings, self.target.logdensity_fn, dim, optimizer, self.teacher
         ).init(jax.random.key(0))
         like = {
             "whitening": AffineWhitening(jnp.zeros(dim), jnp.zeros(shape)),
@@ -431,6 +499,7 @@ class TrainingSession:
                 chunk_size=self.settings.train.chunk_size,
                 progress_bar=progress_bar,
                 on_chunk=keep,
+                loss_name=self._algorithm.loss_name,
             )
         except KeyboardInterrupt:
             print(
@@ -448,7 +517,7 @@ def save_session(path: str, session, keep_best: bool):
     header = {
         "settings": session.settings.to_json(),
         "model_arguments_sha256": session.fingerprint,
-        "sites": _site_layout(session.target),
+        "sites": session.target.site_layout(),
         "library_version": __version__,
         "training_iterations": session.iterations,
         "snapshot_divergence": snapshot.divergence,
@@ -512,18 +581,119 @@ def saved_keywords(path: str, drawing: dict) -> dict:
 
 
 def open_session(
-    rng_key, model, args, kwargs, settings, optimizer, checkpoint, saved_path
-) -> TrainingSession | LoadedSession:
+    rng_key, model, args, kwargs, settings, optimizer, checkpoint, saved_path, teacher
+) -> TrainingSession | DistillationSession | LoadedSession:
     """The session that draws for a ``CDSInference``.
 
     A :class:`LoadedSession` of ``saved_path``; without one, a new (or resumed from
-    ``checkpoint``) :class:`TrainingSession`.
+    ``checkpoint``) :class:`TrainingSession`, or for CDDS without a ``teacher`` a
+    :class:`DistillationSession` that trains one first.
     """
     if saved_path is not None:
         return LoadedSession(rng_key, model, args, kwargs, saved_path)
+    if settings.method == "cdds" and teacher is None:
+        return DistillationSession(
+            rng_key, model, args, kwargs, settings, optimizer, checkpoint
+        )
     return TrainingSession(
-        rng_key, model, args, kwargs, settings, optimizer, checkpoint
+        rng_key, model, args, kwargs, settings, optimizer, checkpoint, teacher
     )
+
+
+class DistillationSession:
+    """CDDS without a given teacher: a DIS teacher is trained first, then distilled.
+
+    The teacher has the same settings but ``method="dis"`` (its checkpoint, if any, is
+    ``checkpoint + ".teacher"``); the student then trains as a :class:`TrainingSession`
+    with the teacher's best snapshot, ``num_train_steps`` iterations more.  Both resume
+    after an interruption.  The draws, losses and snapshot are the student's; the
+    teacher's losses are kept with the prefix ``teacher_`` and its training time as
+    ``timings["teacher_training"]``.
+    """
+
+    def __init__(self, rng_key, model, args, kwargs, settings, optimizer, checkpoint):
+        teacher_key, self._student_key = jax.random.split(rng_key)
+        self.settings = settings
+        teacher_settings = dataclasses.replace(
+            settings,
+            method="dis",
+            sampling="sde",
+            num_steps=settings.consistency.num_sde_steps,
+        )
+        teacher_checkpoint = None if checkpoint is None else f"{checkpoint}.teacher"
+        self.teacher_session = TrainingSession(
+            teacher_key,
+            model,
+            args,
+            kwargs,
+            teacher_settings,
+            optimizer,
+            teacher_checkpoint,
+        )
+        self._student_inputs = (model, args, kwargs, settings, optimizer, checkpoint)
+        self.student: TrainingSession | None = None
+        self._timings = {"training": 0.0}
+        self.target = self.teacher_session.target
+        self.whitening = self.teacher_session.whitening
+        self.fingerprint = self.teacher_session.fingerprint
+
+    def serves(self, fingerprint: str, settings: Settings) -> bool:
+        """As :meth:`TrainingSession.serves`."""
+        return fingerprint == self.fingerprint and settings.trains_like(self.settings)
+
+    def train(self, progress_bar: bool) -> str | None:
+        """Train (or resume) the teacher, then the student; their diagnoses, if any."""
+        teacher_diagnosis = self.teacher_session.train(progress_bar)
+        if self.student is None:
+            model, args, kwargs, settings, optimizer, checkpoint = self._student_inputs
+            self.student = TrainingSession(
+                self._student_key,
+                model,
+                args,
+                kwargs,
+                settings,
+                optimizer,
+                checkpoint,
+                self.teacher_session.trained(keep_best=True),
+            )
+        diagnoses = [self.student.train(progress_bar)]
+        if teacher_diagnosis is not None:
+            diagnoses.insert(0, f"The DIS teacher: {teacher_diagnosis}")
+        return " ".join(d for d in diagnoses if d is not None) or None
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether the student's training has finished."""
+        return self.student is not None and self.student.is_trained
+
+    @property
+    def iterations(self) -> int:
+        """The student's training iterations."""
+        return 0 if self.student is None else self.student.iterations
+
+    @property
+    def losses(self) -> dict[str, np.ndarray]:
+        """The student's losses, and the teacher's with the prefix ``teacher_``."""
+        teacher = {f"teacher_{k}": v for k, v in self.teacher_session.losses.items()}
+        return {**teacher, **({} if self.student is None else self.student.losses)}
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """The whitening fit, the teacher's and the student's training, the draws."""
+        teacher = self.teacher_session.timings
+        self._timings["whitening"] = teacher["whitening"]
+        self._timings["teacher_training"] = teacher["training"]
+        if self.student is not None:
+            self._timings["training"] = self.student.timings["training"]
+        return self._timings
+
+    def snapshot(self, keep_best: bool) -> Snapshot:
+        """The student's snapshot (see :meth:`TrainingSession.snapshot`)."""
+        return self.student.snapshot(keep_best)
+
+    def trained(self, keep_best: bool) -> TrainedSampler:
+        """The student's sampler."""
+        return self.student.trained(keep_best)
 
 
 class LoadedSession:
@@ -542,7 +712,7 @@ class LoadedSession:
         self.fingerprint = arguments_fingerprint(args, kwargs)
         expected = {
             "dim": self.target.dim,
-            "sites": _site_layout(self.target),
+            "sites": self.target.site_layout(),
             "model_arguments_sha256": self.fingerprint,
         }
         self._sampler, header = load_trained(path, expected)

@@ -44,6 +44,11 @@ class Target(NamedTuple):
     postprocess_fn: Callable
     init_positions: Float[Array, "num_inits dim"]
 
+    def site_layout(self) -> dict[str, list[int]]:
+        """Names and shapes of the unconstrained latent sites (JSON-ready)."""
+        sites = self.unravel_fn(jnp.zeros(self.dim))
+        return {name: list(jnp.shape(value)) for name, value in sites.items()}
+
 
 def _trace_at_init(model, model_args, model_kwargs, rng_key) -> dict[str, dict]:
     """Trace of the model with latent values from ``init_to_uniform``."""

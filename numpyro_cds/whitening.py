@@ -128,11 +128,11 @@ class WhiteningConfig:
             looks improper) when a coordinate's variance, averaged over the last
             quarter of the steps, exceeds this multiple of its average over the
             quarter before.
-        max_scale_ratio: the fit with the best ELBO is refused (the posterior looks
-            improper) when a coordinate's standard deviation ends more than this many
-            times its start, ``1 / sqrt(-d2 log p / dx_i2)`` at the starting point
-            (where that is not positive, 1): a fit that ran off until its steps
-            overflowed stops growing, but not within this ratio.
+        max_scale: the fit with the best ELBO is refused (the posterior looks
+            improper) when a coordinate's standard deviation ends above this, in the
+            coordinates of the fit: a fit that ran off until its steps overflowed
+            stops growing (so ``max_variance_growth`` misses it), but far beyond any
+            scale a float32 sampler can handle.
     """
 
     num_steps: int = 500
@@ -142,7 +142,7 @@ class WhiteningConfig:
     max_elbo_gap: float = 3.0
     full_rank_max_dim: int = 128
     max_variance_growth: float = 100.0
-    max_scale_ratio: float = 1e5
+    max_scale: float = 1e5
 
     def __post_init__(self):
         for name in ("num_steps", "num_draws"):
@@ -156,8 +156,8 @@ class WhiteningConfig:
             )
         if not self.max_variance_growth > 1:
             raise ValueError("max_variance_growth must be above 1.")
-        if not self.max_scale_ratio > 1:
-            raise ValueError("max_scale_ratio must be above 1.")
+        if not self.max_scale > 0:
+            raise ValueError("max_scale must be positive.")
         if not 0 < self.learning_rate <= 1:
             raise ValueError("learning_rate must lie in (0, 1].")
         if self.num_draws % 2:
@@ -234,8 +234,7 @@ def _fit_one(rng_key, logdensity_fn, init_position, config, full_rank):
         and two growths: the largest ratio of a coordinate's variance averaged over
         the last quarter of the steps to its average over the quarter before (about
         1 once the fit has converged; it keeps growing where the posterior is
-        improper), and the largest ratio of a coordinate's final standard deviation
-        to its start.
+        improper), and the largest standard deviation of a coordinate.
     """
     grad_fn = jax.vmap(jax.grad(logdensity_fn))
     dim = init_position.shape[0]
@@ -280,33 +279,32 @@ def _fit_one(rng_key, logdensity_fn, init_position, config, full_rank):
     mean, covariance = mean_sum / num_average, covariance_sum / num_average
     variance = jnp.diagonal(covariance) if full_rank else covariance
     growth = jnp.max(variance / (earlier_sum / num_average))
-    start_variance = jnp.diagonal(_covariance(root)) if full_rank else root**2
-    scale_ratio = jnp.sqrt(jnp.max(variance / start_variance))
+    largest_sd = jnp.sqrt(jnp.max(variance))
     final_root = _cholesky(covariance) if full_rank else jnp.sqrt(covariance)
     noise = jax.random.normal(elbo_key, (4 * config.num_draws, dim))
     elbo = _elbo(logdensity_fn, mean, final_root, noise)
-    return mean, covariance, elbo, jnp.stack([growth, scale_ratio])
+    return mean, covariance, elbo, jnp.stack([growth, largest_sd])
 
 
 def _refuse_growth(growths, config: WhiteningConfig, advice: str) -> None:
-    """Raise where a fit ran away (see ``max_variance_growth``, ``max_scale_ratio``).
+    """Raise where a fit ran away (see ``max_variance_growth``, ``max_scale``).
 
     Args:
-        growths: the fit's last-quarter variance growth and its scale ratio.
+        growths: the fit's last-quarter variance growth and its largest sd.
         config: the fit's settings.
         advice: the last sentence of the message.
     """
-    growth, ratio = (float(value) for value in growths)
+    growth, largest_sd = (float(value) for value in growths)
     if growth > config.max_variance_growth:
         seen = (
             f"the Gaussian fit's variance still grew {growth:.3g}-fold over the last "
             f"quarter of its {config.num_steps} steps (a proper posterior's fit "
             "settles)"
         )
-    elif ratio > config.max_scale_ratio:
+    elif largest_sd > config.max_scale:
         seen = (
-            f"the Gaussian fit's scale ran to {ratio:.3g} times its start (the "
-            "curvature at the start; a proper posterior's fit stays near it)"
+            f"the Gaussian fit's standard deviation ran to {largest_sd:.3g} (above "
+            f"max_scale={config.max_scale:g}) before its steps overflowed"
         )
     else:
         return
@@ -320,41 +318,81 @@ def check_proper(
     rng_key: PRNGKeyArray,
     logdensity_fn: Callable,
     whitening: AffineWhitening,
+    init_positions: Float[Array, "num_starts dim"],
     config: WhiteningConfig | None = None,
 ) -> None:
     """Refuse a posterior that looks improper, for a whitening given, not fitted.
 
-    One Gaussian fit of :func:`fit_whitening` runs in the whitened coordinates from
-    ``whitening.loc``, so a proper posterior of the whitening's scale settles at once
-    and one that is improper (flat in some direction) keeps growing.  It costs
-    ``config.num_steps`` times ``config.num_draws`` gradients, a small fraction of
-    the training.
+    The fits of :func:`fit_whitening` run in the whitened coordinates (from the
+    whitened ``init_positions``): those of a proper posterior settle, while one that
+    is improper (flat in some direction) keeps growing, or runs off until its steps
+    overflow.  It costs what the ``"auto"`` fit costs, a small fraction of the
+    training.  Where no fit is finite it cannot tell, and leaves it to the training
+    and the importance weights.
 
     Raises:
-        ValueError: the fit's variance keeps growing (see
-            ``config.max_variance_growth``).
+        ValueError: the best fit's variance keeps growing or ran off (see
+            ``config.max_variance_growth`` and ``config.max_scale``).
 
     Example:
         >>> import jax, jax.numpy as jnp
         >>> flat_in_x0 = lambda x: -0.5 * x[1] ** 2
         >>> identity = AffineWhitening(jnp.zeros(2), jnp.ones(2))
-        >>> check_proper(jax.random.key(0), flat_in_x0, identity)
+        >>> check_proper(jax.random.key(0), flat_in_x0, identity, jnp.zeros((2, 2)))
         Traceback (most recent call last):
         ...
         ValueError: The posterior looks improper: ...
     """
     config = WhiteningConfig() if config is None else config
-    dim = whitening.loc.shape[0]
     whitened = whitening.whitened_logdensity(logdensity_fn)
-    full_rank = dim <= config.full_rank_max_dim
-    fit = jax.jit(lambda key, x0: _fit_one(key, whitened, x0, config, full_rank))
-    growths = fit(rng_key, jnp.zeros(dim, whitening.loc.dtype))[3]
-    _refuse_growth(
-        growths,
-        config,
+    starts = jax.vmap(whitening.whiten)(init_positions)
+    advice = (
         "If the posterior is proper, pass whitening='auto', or a whitening=(loc, "
-        "scale) nearer its location and scale in the unconstrained space.",
+        "scale) nearer its location and scale in the unconstrained space."
     )
+    fits = _fit_starts(rng_key, whitened, starts, config, advice)
+    if fits is not None:
+        _refuse_growth(fits[3], config, advice)
+
+
+def _fit_starts(rng_key, logdensity_fn, init_positions, config, advice):
+    """The Gaussian fits from every start (times every spread) near the best.
+
+    Returns:
+        ``(means, covariances, elbos, growths of the best)`` of the fits within
+        ``config.max_elbo_gap`` of the best ELBO, or None where no fit is finite.
+
+    Raises:
+        ValueError: no fit is finite and one ran off past ``config.max_scale`` (an
+            improper posterior: its ELBO overflowed as its variance grew).
+    """
+    init_positions = jnp.concatenate(
+        [init_positions * factor for factor in config.start_spreads]
+    )
+    full_rank = init_positions.shape[1] <= config.full_rank_max_dim
+    keys = jax.random.split(rng_key, init_positions.shape[0])
+    fit = jax.jit(
+        jax.vmap(lambda k, x0: _fit_one(k, logdensity_fn, x0, config, full_rank))
+    )
+    means, covariances, elbos, growths = fit(keys, init_positions)
+    finite = np.array(
+        jnp.isfinite(elbos)
+        & jnp.all(jnp.isfinite(means), -1)
+        & jnp.all(jnp.isfinite(covariances.reshape(len(elbos), -1)), -1)
+    )
+    if not finite.any():
+        largest_sd = float(jnp.nanmax(growths[:, 1]))
+        if largest_sd > config.max_scale:
+            _refuse_growth(jnp.array([1.0, largest_sd]), config, advice)
+        return None
+    # Keep fits within ``max_elbo_gap`` nats of the best: a fit that ended far below it
+    # (an unconverged start in a flat, low-mass region) holds little mass but can have
+    # enormous scales, which would dominate the moment match.
+    finite &= np.asarray(
+        elbos >= jnp.max(jnp.where(finite, elbos, -jnp.inf)) - config.max_elbo_gap
+    )
+    means, covariances, elbos = means[finite], covariances[finite], elbos[finite]
+    return means, covariances, elbos, growths[finite][jnp.argmax(elbos)]
 
 
 def fit_whitening(
@@ -378,7 +416,8 @@ def fit_whitening(
 
     Raises:
         ValueError: no start gives a finite ELBO, or the best fit's variance keeps
-            growing (an improper posterior; see ``config.max_variance_growth``).
+            growing or ran off (an improper posterior; see
+            ``config.max_variance_growth`` and ``config.max_scale``).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -391,39 +430,20 @@ def fit_whitening(
         True
     """
     config = WhiteningConfig() if config is None else config
-    init_positions = jnp.concatenate(
-        [init_positions * factor for factor in config.start_spreads]
+    advice = (
+        "If the posterior is proper but extremely wide, pass whitening=(loc, scale) "
+        "with its location and scale in the unconstrained space."
     )
-    full_rank = init_positions.shape[1] <= config.full_rank_max_dim
-    keys = jax.random.split(rng_key, init_positions.shape[0])
-    fit = jax.jit(
-        jax.vmap(lambda k, x0: _fit_one(k, logdensity_fn, x0, config, full_rank))
-    )
-    means, covariances, elbos, growths = fit(keys, init_positions)
-    finite = np.array(
-        jnp.isfinite(elbos)
-        & jnp.all(jnp.isfinite(means), -1)
-        & jnp.all(jnp.isfinite(covariances.reshape(len(elbos), -1)), -1)
-    )
-    if not finite.any():
+    fits = _fit_starts(rng_key, logdensity_fn, init_positions, config, advice)
+    if fits is None:
         raise ValueError(
             "Fitting the whitening failed: no start gave a finite ELBO. Pass "
             "whitening=(loc, scale) with a rough location and scale of the posterior "
             "in the unconstrained space, or whitening=None."
         )
-    # Keep fits within ``max_elbo_gap`` nats of the best: a fit that ended far below it
-    # (an unconverged start in a flat, low-mass region) holds little mass but can have
-    # enormous scales, which would dominate the moment match.
-    finite &= np.asarray(
-        elbos >= jnp.max(jnp.where(finite, elbos, -jnp.inf)) - config.max_elbo_gap
-    )
-    means, covariances, elbos = means[finite], covariances[finite], elbos[finite]
-    _refuse_growth(
-        growths[finite][jnp.argmax(elbos)],
-        config,
-        "If the posterior is proper but extremely wide, pass whitening=(loc, scale) "
-        "with its location and scale in the unconstrained space.",
-    )
+    means, covariances, elbos, growths = fits
+    _refuse_growth(growths, config, advice)
+    full_rank = covariances.ndim == 3
     weights = jax.nn.softmax(elbos)
     loc = jnp.einsum("k,ki->i", weights, means)
     offsets = means - loc

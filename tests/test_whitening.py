@@ -154,8 +154,8 @@ def test_an_improper_posterior_is_refused():
         fit_whitening(jax.random.key(0), logdensity, jnp.zeros((2, 2)))
     with pytest.raises(ValueError, match="max_variance_growth"):
         WhiteningConfig(max_variance_growth=1.0)
-    with pytest.raises(ValueError, match="max_scale_ratio"):
-        WhiteningConfig(max_scale_ratio=0.5)
+    with pytest.raises(ValueError, match="max_scale"):
+        WhiteningConfig(max_scale=0.0)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -169,7 +169,7 @@ def test_check_proper_refuses_a_ridge_for_a_given_whitening(seed):
 
     identity = AffineWhitening(jnp.zeros(2), jnp.ones(2))
     with pytest.raises(ValueError, match="looks improper.*proper prior"):
-        check_proper(jax.random.key(seed), logdensity, identity)
+        check_proper(jax.random.key(seed), logdensity, identity, jnp.zeros((2, 2)))
 
 
 def test_check_proper_accepts_a_proper_posterior_far_from_the_whitening():
@@ -177,4 +177,5 @@ def test_check_proper_accepts_a_proper_posterior_far_from_the_whitening():
         return -0.5 * jnp.sum(((x - 50.0) / 30.0) ** 2)
 
     whitening = AffineWhitening(jnp.zeros(3), jnp.full(3, 0.5))
-    check_proper(jax.random.key(0), logdensity, whitening)
+    starts = jax.random.uniform(jax.random.key(1), (4, 3), minval=-2, maxval=2)
+    check_proper(jax.random.key(0), logdensity, whitening, starts)

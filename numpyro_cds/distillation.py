@@ -1,0 +1,309 @@
+r"""Consistency-distilled diffusion sampler (CDDS): one step from a trained teacher.
+
+A trained diffusion sampler (the *teacher*: DIS, i.e. SCDS without the
+self-consistency loss, or SCDS itself) defines a probability-flow ODE from the prior
+at ``t = 0`` to the target at ``t = 1``.  CDDS (Jutras-Dube et al. 2025) distils its
+flow map into a *consistency function* ``f(x, t)``, the end point of the flow from
+``x`` at time ``t``, so that one evaluation ``f(x_0, 0)`` draws.
+
+The consistency function here is one probability-flow Euler step of the student
+control network to the end,
+
+.. math::
+    f_\theta(x, t) = x + (1 - t)\, b_\theta(x, t, 1 - t),
+
+with the drift ``b`` of :func:`~numpyro_cds.sde.probability_flow_drift` and the
+control conditioned on the step size ``1 - t``.  This is the boundary
+parameterisation: ``f(x, 1) = x`` exactly, whatever the weights.  A one-step draw is
+then the one-step flow of :func:`~numpyro_cds.consistency.draw_network`, so it carries
+the same exact change-of-variables importance weight as an SCDS draw (one network
+evaluation per draw).
+
+Training pairs come from teacher trajectories generated on the fly (no stored data
+set): prior draws are moved by ``N`` Euler steps of the teacher's probability flow,
+and for each path a pair of states ``(x_a, x_b)`` ``gap`` fine steps apart is taken.
+The student at the earlier state must land where the *target network* (an EMA of the
+student, stop-gradient) lands from the later one,
+
+.. math::
+    L = \mathbb{E}\,\|f_\theta(x_a, t_a) - f_{\theta^-}(x_b, t_b)\|^2 / D,
+
+anchored at ``t_b = 1`` by the boundary condition.  The student starts as a copy of the
+teacher's network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .consistency import (
+    ConsistencyConfig,
+    SamplerAlgorithm,
+    SCDSState,
+    draw_network,
+    ema_update,
+)
+from .diffusion import batched_control, sample_prior, target_score_fn
+from .flow import flow_step_fn
+from .networks import ControlNetwork
+from .sde import AbstractSchedule, LinearSchedule, probability_flow_step
+
+__all__ = [
+    "DistillationInfo",
+    "consistency_function",
+    "distillation_loss",
+    "distillation_sampler",
+    "teacher_trajectories",
+]
+
+
+class DistillationInfo(NamedTuple):
+    """Per-iteration diagnostics of the distillation.
+
+    Attributes:
+        distillation_loss: the consistency-distillation loss.
+        kept_fraction: fraction of the pairs with finite student and target end
+            points (the others are left out of the loss).
+    """
+
+    distillation_loss: Array
+    kept_fraction: Array
+
+
+def teacher_trajectories(
+    rng_key: PRNGKeyArray,
+    teacher: ControlNetwork,
+    schedule: AbstractSchedule,
+    score_fn: Callable,
+    *,
+    batch_size: int,
+    dim: int,
+    num_steps: int,
+    clip: Float[Array, ""],
+    prior_bound: float,
+) -> tuple[
+    Float[Array, "num_steps+1 batch dim"], Float[Array, "num_steps+1 batch dim"]
+]:
+    """Euler trajectories of the teacher's probability flow from prior draws.
+
+    Args:
+        rng_key: key of the prior draws.
+        teacher: the teacher's control network (not differentiated).
+        schedule: the noise schedule it was trained with.
+        score_fn: ``grad log rho`` of one state.
+        batch_size: number of trajectories.
+        dim: dimension.
+        num_steps: ``N`` Euler steps of size ``1 / N``, with the target score (as the
+            teacher was trained).
+        clip: element-wise clip of the control's parts.
+        prior_bound: truncation of the prior draws.
+
+    Returns:
+        The states at ``t = n / N`` for ``n = 0..N`` and the target scores there
+        (zero at ``t = 1``, where the consistency function ignores them).
+    """
+    teacher = jax.lax.stop_gradient(teacher)
+    scores_of = jax.vmap(score_fn)
+    dt = 1.0 / num_steps
+
+    def one_step(x, t):
+        scores = scores_of(x)
+        u = batched_control(teacher, schedule, x, t, dt, scores, clip)
+        return probability_flow_step(schedule, x, t, dt, u), (x, scores)
+
+    x0 = sample_prior(rng_key, (batch_size, dim), prior_bound)
+    final, (states, scores) = jax.lax.scan(one_step, x0, jnp.arange(num_steps) * dt)
+    states = jnp.concatenate([states, final[None]])
+    scores = jnp.concatenate([scores, jnp.zeros_like(final)[None]])
+    return states, scores
+
+
+def consistency_function(
+    network: ControlNetwork,
+    schedule: AbstractSchedule,
+    x: Float[Array, " dim"],
+    score: Float[Array, " dim"],
+    t: Float[Array, ""],
+    clip: Float[Array, ""],
+    score_weight: Float[Array, ""] | float = 1.0,
+) -> Float[Array, " dim"]:
+    """``f(x, t) = x + (1 - t) b(x, t, 1 - t)``: one flow step to ``t = 1``.
+
+    ``f(x, 1) = x`` exactly (the step has length zero).
+
+    Args:
+        network: the student (or target) control network.
+        schedule: the noise schedule.
+        x: the state at time ``t``.
+        score: ``grad log rho(x)`` (used with weight ``score_weight``).
+        t: the time of ``x``.
+        clip: element-wise clip of the control's parts.
+        score_weight: a 0/1 switch of the target score in the control.
+    """
+    step = flow_step_fn(
+        network, schedule, lambda _: score, t, 1.0 - t, clip, score_weight
+    )
+    return step(x)
+
+
+def distillation_loss(
+    rng_key: PRNGKeyArray,
+    network: ControlNetwork,
+    target_network: ControlNetwork,
+    schedule: AbstractSchedule,
+    states: Float[Array, "num_steps+1 batch dim"],
+    scores: Float[Array, "num_steps+1 batch dim"],
+    clip: Float[Array, ""],
+    *,
+    gap: int,
+    target_score_max_step: int | None,
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """The consistency-distillation loss on pairs ``gap`` fine steps apart.
+
+    For each trajectory a start index ``n`` on the multiples of ``gap`` is drawn; the
+    student maps ``x_n`` from ``t = n / N``, the target network (stop-gradient)
+    ``x_{n + gap}`` from ``(n + gap) / N``.
+
+    Args:
+        rng_key: key of the start indices.
+        network: the student, differentiated.
+        target_network: the target network (the student's EMA).
+        schedule: the noise schedule.
+        states: teacher trajectories (:func:`teacher_trajectories`).
+        scores: the target scores at those states.
+        clip: element-wise clip of the control's parts.
+        gap: fine steps between the two states of a pair (divides ``N``).
+        target_score_max_step: a step to the end longer than this many ``1 / N``
+            uses a control without the target score (as the draws do: see
+            :class:`~numpyro_cds.consistency.ConsistencyConfig`); None: every one
+            uses it.
+
+    Returns:
+        ``(loss, kept_fraction)``: the mean squared difference of the end points
+        over the pairs where both are finite, divided by ``dim``; and that fraction.
+    """
+    num_steps = states.shape[0] - 1
+    batch, dim = states.shape[1:]
+    start = gap * jax.random.randint(rng_key, (batch,), 0, num_steps // gap)
+    rows = jnp.arange(batch)
+    max_step = num_steps if target_score_max_step is None else target_score_max_step
+
+    def end_points(net, index):
+        t = index / num_steps
+        weight = (num_steps - index <= max_step).astype(states.dtype)
+        return jax.vmap(
+            lambda x, s, t, w: consistency_function(net, schedule, x, s, t, clip, w)
+        )(states[index, rows], scores[index, rows], t, weight)
+
+    prediction = end_points(network, start)
+    goal = jax.lax.stop_gradient(end_points(target_network, start + gap))
+    squared = jnp.sum((prediction - goal) ** 2, axis=-1)
+    finite = jnp.isfinite(squared)
+    kept = jnp.mean(finite.astype(states.dtype))
+    loss = jnp.sum(jnp.where(finite, squared, 0.0)) / jnp.maximum(finite.sum(), 1)
+    return loss / dim, kept
+
+
+def distillation_sampler(
+    logdensity_fn: Callable,
+    teacher: ControlNetwork,
+    config: ConsistencyConfig,
+    optimizer: optax.GradientTransformation,
+    schedule: AbstractSchedule | None = None,
+    *,
+    gap: int = 4,
+) -> SamplerAlgorithm:
+    """Build the CDDS ``init``, ``step`` and ``sample`` functions for one teacher.
+
+    Args:
+        logdensity_fn: log density of one flat (whitened) vector: the teacher's.
+        teacher: the trained teacher's control network (its EMA weights).
+        config: the sampler's settings (``num_sde_steps`` the teacher's fine steps,
+            ``batch_size`` trajectories per iteration, clips, prior bounds,
+            ``ema_decay`` of the target network, ``target_score_max_step``).
+        optimizer: the optax transformation of the student's updates.
+        schedule: the teacher's noise schedule (:class:`~numpyro_cds.sde.
+            LinearSchedule` by default).
+        gap: fine teacher steps between the two states of a pair; a power of two
+            dividing ``num_sde_steps``.
+
+    Returns:
+        ``init(rng_key) -> (state, static)`` (the student starts as the teacher);
+        ``step(rng_key, state, static) -> (state, DistillationInfo)``;
+        ``sample`` as :func:`~numpyro_cds.consistency.consistency_sampler`'s (the
+        one-step draw is ``f(x_0, 0)``).
+
+    Raises:
+        ValueError: ``gap`` does not divide ``num_sde_steps``.
+    """
+    num_steps = config.num_sde_steps
+    if not (isinstance(gap, int) and gap >= 1 and num_steps % gap == 0):
+        raise ValueError(
+            f"gap must be a positive divisor of num_sde_steps={num_steps}; got {gap!r}."
+        )
+    schedule = LinearSchedule() if schedule is None else schedule
+    score_fn = target_score_fn(logdensity_fn)
+    dim = teacher.output_layer.out_features
+    teacher = jax.lax.stop_gradient(teacher)
+
+    def init(rng_key):
+        params, static = eqx.partition(teacher, eqx.is_inexact_array)
+        zero = jnp.zeros((), jnp.int32)
+        return SCDSState(params, params, optimizer.init(params), zero), static
+
+    def step(rng_key, state, static):
+        paths_key, pairs_key = jax.random.split(rng_key)
+        clip = config.clip(state.iteration)
+        states, scores = teacher_trajectories(
+            paths_key,
+            teacher,
+            schedule,
+            score_fn,
+            batch_size=config.batch_size,
+            dim=dim,
+            num_steps=num_steps,
+            clip=clip,
+            prior_bound=config.training_bound(dim),
+        )
+        target = eqx.combine(state.ema_params, static)
+
+        def objective(params):
+            return distillation_loss(
+                pairs_key,
+                eqx.combine(params, static),
+                target,
+                schedule,
+                states,
+                scores,
+                clip,
+                gap=gap,
+                target_score_max_step=config.target_score_max_step,
+            )
+
+        (loss, kept), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = eqx.apply_updates(state.params, updates)
+        ema_params = ema_update(config, state.iteration, state.ema_params, params)
+        new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
+        return new_state, DistillationInfo(loss, kept)
+
+    def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
+        return draw_network(
+            rng_key,
+            eqx.combine(params, static),
+            logdensity_fn,
+            config,
+            num_samples,
+            num_steps,
+            log_density,
+            schedule,
+        )
+
+    return SamplerAlgorithm(init, step, sample, loss_name="distillation_loss")
