@@ -50,6 +50,7 @@ __all__ = [
     "self_consistency_loss",
     "consistency_sampler",
     "draw_network",
+    "network_sampler",
 ]
 
 
@@ -432,6 +433,30 @@ def draw_network(
     )
 
 
+def network_sampler(
+    logdensity_fn: Callable, config: ConsistencyConfig, schedule: AbstractSchedule
+) -> Callable:
+    """The ``sample`` function of a :class:`SamplerAlgorithm` for one target.
+
+    ``sample(rng_key, params, static, num_samples, num_steps, log_density=None)`` is
+    :func:`draw_network` with the network ``eqx.combine(params, static)``.
+    """
+
+    def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
+        return draw_network(
+            rng_key,
+            eqx.combine(params, static),
+            logdensity_fn,
+            config,
+            num_samples,
+            num_steps,
+            log_density,
+            schedule,
+        )
+
+    return sample
+
+
 def consistency_sampler(
     logdensity_fn: Callable,
     dim: int,
@@ -557,16 +582,6 @@ def consistency_sampler(
         info = SCDSInfo(diffusion_loss, consistency_loss, volume_loss, kept)
         return new_state, info
 
-    def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
-        return draw_network(
-            rng_key,
-            eqx.combine(params, static),
-            logdensity_fn,
-            config,
-            num_samples,
-            num_steps,
-            log_density,
-            schedule,
-        )
-
-    return SamplerAlgorithm(init=init, step=step, sample=sample)
+    return SamplerAlgorithm(
+        init, step, network_sampler(logdensity_fn, config, schedule)
+    )

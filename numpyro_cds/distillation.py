@@ -47,8 +47,8 @@ from .consistency import (
     ConsistencyConfig,
     SamplerAlgorithm,
     SCDSState,
-    draw_network,
     ema_update,
+    network_sampler,
 )
 from .diffusion import batched_control, sample_prior, target_score_fn
 from .flow import flow_step_fn
@@ -294,16 +294,5 @@ def distillation_sampler(
         new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
         return new_state, DistillationInfo(loss, kept)
 
-    def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
-        return draw_network(
-            rng_key,
-            eqx.combine(params, static),
-            logdensity_fn,
-            config,
-            num_samples,
-            num_steps,
-            log_density,
-            schedule,
-        )
-
+    sample = network_sampler(logdensity_fn, config, schedule)
     return SamplerAlgorithm(init, step, sample, loss_name="distillation_loss")
