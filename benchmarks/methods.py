@@ -278,11 +278,12 @@ def _training_gradient_evaluations(cds: CDSInference) -> int:
     """Target gradients of the training, teacher and whitening fit included.
 
     Each iteration moves ``B`` paths by ``N`` steps with a target score per step; the
-    SCDS self-consistency term adds one score at the teacher's midpoint per path.  A
-    CDDS student trained after its own DIS teacher adds the teacher's.
+    SCDS self-consistency term adds one score at the teacher's midpoint per path, and
+    the pathwise KL of PIS and DDS one backward pass through ``log rho`` at the path's
+    end.  A CDDS student trained after its own DIS teacher adds the teacher's.
     """
     config = cds.consistency
-    per_path = config.num_sde_steps + (cds.method == "scds")
+    per_path = config.num_sde_steps + (cds.method in ("scds", "pis", "dds"))
     losses = cds.training_losses
     teacher_iterations = len(losses.get("teacher_diffusion_loss", ()))
     iterations = int(cds.training_iterations) + teacher_iterations
@@ -394,17 +395,32 @@ def run_scds_paper(target: BenchmarkTarget, budget: Budget, rng_key) -> list[Met
     return _run_cds(target, budget, rng_key, options, "SCDS-paper")[1]
 
 
-@register_method("dis", default=False)
-def run_dis(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
-    """DIS (``method="dis"``), rows ``DIS(k)``: Euler-Maruyama draws with path weights.
+def _run_diffusion_sampler(
+    method: str, step_counts: Callable[[int], tuple[int, ...]]
+) -> Callable:
+    """A benchmark method running ``CDSInference(method=method)``, rows ``METHOD(k)``.
 
-    The budget's settings; the rows are ``k = N`` and 1 (the diffusion sampler is
-    trained at step ``1 / N`` only).
+    The budget's settings; ``step_counts(N)`` gives the rows' numbers of steps.
     """
-    options = {**_budget_kwargs(target, budget), "method": "dis"}
-    num_sde_steps = options.get("num_sde_steps", ConsistencyConfig().num_sde_steps)
-    steps = (num_sde_steps, 1)
-    return _run_cds(target, budget, rng_key, options, "DIS", steps)[1]
+
+    def run(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
+        options = {**_budget_kwargs(target, budget), "method": method}
+        num_sde_steps = options.get("num_sde_steps", ConsistencyConfig().num_sde_steps)
+        steps = step_counts(num_sde_steps)
+        return _run_cds(target, budget, rng_key, options, method.upper(), steps)[1]
+
+    run.__doc__ = (
+        f"{method.upper()} (``method={method!r}``): Euler-Maruyama draws with path "
+        "weights, rows at the numbers of steps of ``step_counts``."
+    )
+    return run
+
+
+# DIS is trained at step 1 / N only: rows k = N and 1 (the paper's DIS(1) column).
+register_method("dis", default=False)(_run_diffusion_sampler("dis", lambda n: (n, 1)))
+# PIS and DDS (KL against a reference process): the paper's rows k = N.
+register_method("pis", default=False)(_run_diffusion_sampler("pis", lambda n: (n,)))
+register_method("dds", default=False)(_run_diffusion_sampler("dds", lambda n: (n,)))
 
 
 @register_method("cdds", default=False)

@@ -94,9 +94,13 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
         "SCDS(1)+MCMC",
         "SCDS-paper(1)",
         "DIS(N)",
+        "PIS(N)",
+        "DDS(N)",
         "CDDS(1)",
         "NUTS",
         "paper floor (n=1e5)",
+        "paper PIS(128)",
+        "paper DDS(128)",
         "paper DIS(128)",
         "paper SCDS(1)",
         "paper CDDS(1)",
@@ -104,7 +108,11 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
     rows = []
     for name, target in targets.items():
         by_method = _by_method(target)
-        largest, largest_dis = _largest(by_method), _largest(by_method, "DIS")
+        largest = _largest(by_method)
+        largest_diffusion = {
+            label: _largest(by_method, label) for label in ("DIS", "PIS", "DDS")
+        }
+        largest_dis = largest_diffusion["DIS"]
 
         def with_excess(method, by_method=by_method):
             """``value (+excess over the same-n floor)``."""
@@ -143,13 +151,17 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
                 else None,
                 with_excess("SCDS(1)+MCMC"),
                 with_excess("SCDS-paper(1)"),
-                f"{with_excess(largest_dis)} (N={largest_dis[4:-1]})"
-                if largest_dis
-                else None,
+                *(
+                    f"{with_excess(m)} (N={m[4:-1]})" if m else None
+                    for m in largest_diffusion.values()
+                ),
                 with_excess("CDDS(1)"),
                 with_excess("NUTS"),
                 paper_floor,
-                *(paper_cell(m) for m in ("DIS(128)", "SCDS(1)", "CDDS(1)")),
+                *(
+                    paper_cell(m)
+                    for m in ("PIS(128)", "DDS(128)", "DIS(128)", "SCDS(1)", "CDDS(1)")
+                ),
             ]
         )
     return _table(header, rows)

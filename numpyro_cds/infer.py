@@ -57,15 +57,17 @@ class CDSInference(MCMCResults):
         num_samples: draws per chain.
         num_chains: "chains" of independent draws, grouped like MCMC output.
         method: ``"scds"`` (self-consistent, trained from scratch), ``"dis"`` (the
-            diffusion sampler alone) or ``"cdds"`` (distils ``teacher``; without one,
-            trains a DIS teacher first): :doc:`/methods`.
+            diffusion sampler alone), ``"pis"`` or ``"dds"`` (diffusion samplers
+            trained by KL against a reference process) or ``"cdds"`` (distils
+            ``teacher``; without one, trains a DIS teacher first): :doc:`/methods`.
         teacher: for ``"cdds"``: ``cds.trained`` of a trained sampler of this model,
             or the path of one saved with :meth:`save`.
         num_steps: steps per draw (1, 2, 4, ..., ``num_sde_steps``); None: the
-            method's (``num_sde_steps`` for DIS, else 1).
+            method's (``num_sde_steps`` for DIS, PIS and DDS, else 1).
         sampling: ``"flow"`` (probability-flow steps, change-of-variables weights) or
             ``"sde"`` (Euler-Maruyama steps, path weights: informative only at many
-            steps; :doc:`/weights`); None: ``"sde"`` for DIS, else ``"flow"``.
+            steps; :doc:`/weights`); None: ``"sde"`` for DIS, PIS and DDS (the only
+            sampling of PIS and DDS), else ``"flow"``.
         num_train_steps: training iterations (overrides ``train``'s).
         batch_size: paths per training iteration (overrides ``consistency``'s).
         num_sde_steps: steps of the training paths, a power of 2 (overrides

@@ -92,6 +92,8 @@ class ControlNetwork(eqx.Module):
         dim: dimension of the state.
         width: hidden width.
         depth: number of hidden layers.
+        gate_bias: initial value of the gate ``s(t)`` (1 for the Langevin gate of
+            DIS and SCDS; PIS and DDS start their score gate at 0.01).
         key: PRNG key for the initialisation.
 
     Example:
@@ -109,12 +111,22 @@ class ControlNetwork(eqx.Module):
     output_layer: eqx.nn.Linear
     gate: TimeEmbedding
 
-    def __init__(self, dim: int, *, width: int = 64, depth: int = 2, key: PRNGKeyArray):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        width: int = 64,
+        depth: int = 2,
+        gate_bias: float = 1.0,
+        key: PRNGKeyArray,
+    ):
         keys = jax.random.split(key, depth + 5)
         self.input_layer = eqx.nn.Linear(dim, width, key=keys[0])
         self.time_embedding = TimeEmbedding(width, 2, width=width, key=keys[1])
         self.step_embedding = TimeEmbedding(width, 2, width=width, key=keys[2])
-        self.gate = TimeEmbedding("scalar", 4, width=width, last_bias=1.0, key=keys[3])
+        self.gate = TimeEmbedding(
+            "scalar", 4, width=width, last_bias=gate_bias, key=keys[3]
+        )
         self.output_layer = _zero_last_layer(
             eqx.nn.Linear(width, dim, key=keys[4]), 0.0
         )

@@ -38,6 +38,7 @@ from .consistency import (
 )
 from .distillation import distillation_sampler
 from .monitor import MonitorConfig, Snapshot, TrainingMonitor
+from .reference import REFERENCE_METHODS, reference_sampler
 from .target import Target, target_from_model
 from .teachers import resolve_teacher, sampler_fingerprint
 from .train import TrainConfig, default_optimizer, fit
@@ -57,10 +58,14 @@ from .whitening import (
 )
 
 #: The training methods: the self-consistent sampler, the diffusion sampler it builds
-#: on, and the consistency distillation of a trained teacher.
-METHODS = ("scds", "dis", "cdds")
+#: on, the consistency distillation of a trained teacher, and the diffusion samplers
+#: trained against a reference process.
+METHODS = ("scds", "dis", "cdds", *REFERENCE_METHODS)
+#: The methods that are diffusion samplers: they draw with their SDE by default.
+DIFFUSION_METHODS = ("dis", *REFERENCE_METHODS)
 
 __all__ = [
+    "DIFFUSION_METHODS",
     "DRAWING_KEYWORDS",
     "DistillationSession",
     "METHODS",
@@ -107,6 +112,12 @@ class Settings:
                 f"sampling='flow'); got num_steps={steps}, sampling="
                 f"{self.sampling!r}. For more steps use method='scds' or the teacher."
             )
+        if self.method in REFERENCE_METHODS and self.sampling != "sde":
+            raise ValueError(
+                f"method={self.method!r} draws with its SDE (sampling='sde'); got "
+                f"sampling={self.sampling!r}. Its control has no probability-flow "
+                "form; use method='scds' or 'dis' for flow draws."
+            )
         if self.sampling not in ("flow", "sde"):
             raise ValueError(
                 "sampling must be 'flow' (probability-flow steps) or 'sde' "
@@ -150,7 +161,7 @@ class Settings:
             configs[name] = with_overrides(configs[name], **given)
         if overrides:
             raise TypeError(f"Unknown settings {sorted(overrides)}.")
-        diffusion = method == "dis"
+        diffusion = method in DIFFUSION_METHODS
         if sampling is None:
             sampling = "sde" if diffusion else "flow"
         if num_steps is None:
@@ -167,7 +178,14 @@ class Settings:
     @property
     def loss_name(self) -> str:
         """The training loss shown on the progress bar and watched by the monitor."""
+        if self.method in REFERENCE_METHODS:
+            return "log_variance"
         return "distillation_loss" if self.method == "cdds" else "diffusion_loss"
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimiser updates per training iteration: 2 for SCDS, else 1."""
+        return 2 if self.method == "scds" else 1
 
     def trains_like(self, other: Settings) -> bool:
         """Whether ``other`` trains the same sampler.
@@ -238,9 +256,12 @@ def sampler_algorithm(
     """The training algorithm of ``settings.method`` on a whitened log density.
 
     SCDS as configured; DIS is SCDS without the self-consistency and volume terms;
-    CDDS distils ``teacher`` (:func:`~numpyro_cds.distillation.distillation_sampler`).
+    CDDS distils ``teacher`` (:func:`~numpyro_cds.distillation.distillation_sampler`);
+    PIS and DDS are :func:`~numpyro_cds.reference.reference_sampler`.
     """
     config = settings.consistency
+    if settings.method in REFERENCE_METHODS:
+        return reference_sampler(logdensity_fn, dim, config, optimizer, settings.method)
     if settings.method == "cdds":
         return distillation_sampler(
             logdensity_fn, teacher.network, config, optimizer, teacher.schedule
@@ -318,7 +339,7 @@ class TrainingSession:
             else (sampler_fingerprint(self.teacher)),
         }
         if optimizer is None:
-            optimizer = default_optimizer(settings.train)
+            optimizer = default_optimizer(settings.train, settings.updates_per_step)
         restored = None
         if checkpoint is not None and os.path.exists(checkpoint):
             restored = self._read_checkpoint(optimizer)
@@ -420,6 +441,7 @@ class TrainingSession:
             self.settings.consistency,
             self.settings.sampling,
             jnp.asarray(iteration, jnp.int32),
+            method=self.settings.method,
         )
 
     def serves(self, fingerprint: str, settings: Settings) -> bool:
@@ -576,6 +598,7 @@ def saved_keywords(path: str, drawing: dict) -> dict:
         "train": settings.train,
         "monitor": settings.monitor,
         "num_steps": settings.num_steps,
+        "method": settings.method,
         **drawing,
     }
 

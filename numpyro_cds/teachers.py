@@ -17,6 +17,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from .reference import REFERENCE_METHODS
 from .target import Target
 from .trained import TrainedSampler, load_trained
 
@@ -72,6 +73,12 @@ def resolve_teacher(
             "method='cdds' distils a teacher: pass teacher= a TrainedSampler "
             "(cds.trained of a trained CDSInference) or the path of one saved with "
             f"cds.save(path); got {type(source).__name__}."
+        )
+    if teacher.method in REFERENCE_METHODS:
+        raise ValueError(
+            f"A {teacher.method.upper()} sampler cannot be a CDDS teacher: CDDS "
+            "distils the probability-flow ODE of a VP diffusion sampler. Pass a DIS or "
+            "SCDS sampler (or no teacher: CDDS then trains a DIS teacher)."
         )
     if teacher.dim != target.dim:
         raise ValueError(

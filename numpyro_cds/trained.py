@@ -26,6 +26,7 @@ from .arguments import check_count, check_num_steps
 from .checkpoint import read_checkpoint, read_header, write_checkpoint
 from .consistency import ConsistencyConfig, draw_network
 from .networks import ControlNetwork
+from .reference import REFERENCE_METHODS, ReferenceProcess, draw_reference
 from .sde import AbstractSchedule, LinearSchedule
 from .whitening import AffineWhitening
 
@@ -81,6 +82,9 @@ class TrainedSampler(eqx.Module):
         iteration: the training iteration of the snapshot (0: the untrained
             network, which draws from the whitening Gaussian).
         schedule: the noise schedule the network was trained with.
+        method: the training method (:data:`~numpyro_cds.session.METHODS`); PIS and
+            DDS draw with their own SDE and reference-process path weights
+            (:func:`~numpyro_cds.reference.draw_reference`).
     """
 
     network: ControlNetwork
@@ -89,8 +93,14 @@ class TrainedSampler(eqx.Module):
     sampling: str = eqx.field(static=True, default="flow")
     iteration: Array = eqx.field(default_factory=lambda: jnp.zeros((), jnp.int32))
     schedule: AbstractSchedule = LinearSchedule()
+    method: str = eqx.field(static=True, default="scds", kw_only=True)
 
     def __check_init__(self):
+        if self.method in REFERENCE_METHODS and self.sampling != "sde":
+            raise ValueError(
+                f"A {self.method.upper()} sampler draws with its SDE: sampling must be "
+                f"'sde', got {self.sampling!r}."
+            )
         if self.sampling not in _SAMPLINGS:
             raise ValueError(
                 "sampling must be 'flow' (probability-flow steps) or 'sde' "
@@ -154,16 +164,27 @@ def _draw_uncompiled(
 ) -> Draws:
     whitening = sampler.whitening
     whitened = whitening.whitened_logdensity(logdensity_fn)
-    draws = draw_network(
-        rng_key,
-        sampler.network,
-        whitened,
-        sampler.config,
-        num_samples,
-        num_steps,
-        kind,
-        sampler.schedule,
-    )
+    if sampler.method in REFERENCE_METHODS:
+        draws = draw_reference(
+            rng_key,
+            sampler.network,
+            ReferenceProcess(sampler.method, sampler.schedule),
+            whitened,
+            sampler.config,
+            num_samples,
+            num_steps,
+        )
+    else:
+        draws = draw_network(
+            rng_key,
+            sampler.network,
+            whitened,
+            sampler.config,
+            num_samples,
+            num_steps,
+            kind,
+            sampler.schedule,
+        )
     if kind is None:
         x = whitening.unwhiten(draws)
         return Draws(x, jax.vmap(logdensity_fn)(x))
@@ -207,6 +228,7 @@ def save_trained(path: str, sampler: TrainedSampler, header: dict) -> None:
         "dim": sampler.dim,
         "consistency": dataclasses.asdict(sampler.config),
         "sampling": sampler.sampling,
+        "method": sampler.method,
         "snapshot_iteration": int(sampler.iteration),
         "whitening_scale_shape": list(sampler.whitening.scale.shape),
     }
@@ -251,6 +273,7 @@ def load_trained(path: str, expected: dict) -> tuple[TrainedSampler, dict]:
         config = config_from_json(ConsistencyConfig, header["consistency"])
         dim = int(header["dim"])
         shape = tuple(header["whitening_scale_shape"])
+        method = str(header["method"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"Saved sampler {path!r} is damaged: {error}") from None
     network = ControlNetwork(
@@ -267,5 +290,6 @@ def load_trained(path: str, expected: dict) -> tuple[TrainedSampler, dict]:
         config,
         header["sampling"],
         jnp.asarray(int(header["snapshot_iteration"]), jnp.int32),
+        method=method,
     )
     return sampler, header

@@ -96,7 +96,7 @@ def test_cdds_draws_in_one_step_only():
     with pytest.raises(ValueError, match="one probability-flow step"):
         CDSInference(eight_schools, method="cdds", num_steps=2, **TEACHER)
     with pytest.raises(ValueError, match="method must be one of"):
-        CDSInference(eight_schools, method="pis")
+        CDSInference(eight_schools, method="nuts")
 
 
 def test_cdds_distils_a_given_teacher(trained_eight_schools):

@@ -1,0 +1,384 @@
+r"""PIS and DDS: diffusion samplers against a linear-Gaussian reference process.
+
+PIS (Zhang & Chen 2022) and DDS (Vargas et al. 2023) train a control ``u`` of the SDE
+
+.. math:: dX_t = [f(t) X_t + \sigma(t) u(X_t, t)]\,dt + \sigma(t)\,dW_t
+
+by the KL divergence to a *reference* path law: the uncontrolled-by-the-network
+process with control ``u_ref = g(t) x``, started at the prior, whose terminal law
+is a known Gaussian.  Time is generative, ``t`` in ``[0, 1]`` (target at ``t = 1``):
+
+* **PIS**: ``f = 0``, ``sigma = 1``, ``g = 0``, prior the point mass at 0; the
+  reference is a Brownian motion, terminal law ``N(0, I)`` (the reference code's
+  ``sigma = sqrt(0.2)`` over ``T = 5``, rescaled to ``[0, 1]``).
+* **DDS** (Euler version): the VP schedule of the other samplers, ``f = beta / 2``,
+  ``sigma = sqrt(beta)``, ``g = -sigma``, prior ``N(0, I)``; the reference is the
+  Ornstein-Uhlenbeck process that keeps ``N(0, I)`` in continuous time.
+
+The network gives the deviation from the reference, the "score" control of the
+reference code: ``delta = clip(NN(x, t, d)) + clip(grad log rho(x)) clip(s(t))``,
+``u = g(t) x + delta``, with the gate ``s`` starting at 0.01, so that the untrained
+sampler is nearly the reference.
+
+**Weights, exact in discrete time.**  With Euler-Maruyama steps the reference is a
+Gaussian chain ``x_{n+1} = a_n x_n + sigma_n dW_n``, ``a_n = 1 + (f_n + sigma_n g_n)
+dt``, whose marginal variance follows ``v_{n+1} = a_n^2 v_n + sigma_n^2 dt`` from the
+prior's (0 for PIS, 1 for DDS): exactly 1 for PIS at every step count; for DDS 1.0076
+at 128 steps, but 26 at one step.  The target path law is ``rho(x_N) / Z`` times the
+reference's law of the path given its end, so
+
+.. math::
+    \log w = \log\rho(x_N) - \log N(x_N; 0, v_N I)
+    - \sum_n \big[\tfrac12 |\delta_n|^2 dt + \delta_n \cdot dW_n\big]
+
+has ``E[w] = Z`` for any control and any number of steps (the two chains' Gaussian
+kernels differ only in their means, by ``sigma_n delta_n dt``).  For DDS the prior
+draws are truncated like the other samplers' (``ConsistencyConfig.prior_bound``): the
+weights then also carry ``log N(x_0) - log q_0(x_0)``, a constant, and ``E[w]`` misses
+the target mass whose reference paths start outside the box.
+
+**Training** minimises ``KL = E[sum_n |delta_n|^2 dt / 2 + log N(x_N; 0, v_N I) -
+log rho(x_N)] + log Z`` with pathwise gradients: the paths are simulated with the
+control being trained and differentiated through (the target score enters the control
+as a constant input, as in the reference code).  Memory grows with the number of
+steps, unlike the log-variance loss of DIS and SCDS on detached paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .consistency import (
+    ConsistencyConfig,
+    SamplerAlgorithm,
+    SCDSState,
+    ema_update,
+)
+from .diffusion import (
+    sample_prior,
+    standard_normal_logdensity,
+    target_score_fn,
+)
+from .flow import truncated_normal_logdensity
+from .networks import ControlNetwork
+from .path_weights import PathDraws
+from .sde import AbstractSchedule, LinearSchedule
+
+__all__ = [
+    "REFERENCE_METHODS",
+    "GATE_BIAS",
+    "ReferenceProcess",
+    "ReferenceInfo",
+    "simulate_reference",
+    "draw_reference",
+    "reference_sampler",
+]
+
+#: The methods trained against a reference process.
+REFERENCE_METHODS = ("pis", "dds")
+#: Initial value of the score gate ``s(t)`` (the reference code's ``ScoreCtrl``).
+GATE_BIAS = 0.01
+
+
+class ReferenceProcess(eqx.Module):
+    """The reference process of PIS or DDS.
+
+    Attributes:
+        kind: ``"pis"`` or ``"dds"``.
+        schedule: DDS's noise schedule (unused by PIS).
+
+    Example:
+        >>> round(float(ReferenceProcess("pis").terminal_variance(4)), 6)
+        1.0
+        >>> round(float(ReferenceProcess("dds").terminal_variance(128)), 4)
+        1.0076
+    """
+
+    kind: str = eqx.field(static=True)
+    schedule: AbstractSchedule = LinearSchedule()
+
+    def __check_init__(self):
+        if self.kind not in REFERENCE_METHODS:
+            raise ValueError(
+                f"A reference process is one of {REFERENCE_METHODS}; got {self.kind!r}."
+            )
+
+    def coefficients(self, t: Float[Array, ""]):
+        """``(f(t), sigma(t), g(t))``: drift factor, diffusion, reference gain."""
+        if self.kind == "pis":
+            return 0.0, 1.0, 0.0
+        sigma = self.schedule.sigma(t)
+        return 0.5 * self.schedule.beta(t), sigma, -sigma
+
+    @property
+    def prior_variance(self) -> float:
+        """Variance of the prior: 0 (a point mass) for PIS, 1 for DDS."""
+        return 0.0 if self.kind == "pis" else 1.0
+
+    def terminal_variance(self, num_steps: int) -> Float[Array, ""]:
+        """Variance ``v_N`` of the reference chain's end after ``num_steps`` steps."""
+        dt = 1.0 / num_steps
+
+        def advance(variance, t):
+            f, sigma, g = self.coefficients(t)
+            a = 1.0 + (f + sigma * g) * dt
+            return a**2 * variance + sigma**2 * dt, None
+
+        times = jnp.arange(num_steps) * dt
+        variance, _ = jax.lax.scan(advance, jnp.asarray(self.prior_variance), times)
+        return variance
+
+
+class ReferenceInfo(NamedTuple):
+    """Per-iteration diagnostics of PIS and DDS training.
+
+    Attributes:
+        kl_loss: the training objective, ``(KL - log Z) / dim`` on the batch.
+        log_variance: ``Var(log w) / dim`` of the same paths (with the Ito term),
+            the quantity DIS minimises: zero at the optimum, shown on the progress
+            bar and watched for divergence.
+        kept_fraction: fraction of paths whose cost is finite.
+    """
+
+    kl_loss: Array
+    log_variance: Array
+    kept_fraction: Array
+
+
+def _deviation(network, x, embedding, gate, score, clip):
+    output = jnp.clip(network.output(x, embedding), -clip, clip)
+    return output + jnp.clip(score, -clip, clip) * jnp.clip(gate, -clip, clip)
+
+
+class _Path(NamedTuple):
+    x: Array
+    log_prior_ratio: Array
+    running: Array
+    ito: Array
+
+
+def simulate_reference(
+    rng_key: PRNGKeyArray,
+    network: ControlNetwork,
+    process: ReferenceProcess,
+    score_fn: Callable,
+    *,
+    num_samples: int,
+    dim: int,
+    num_steps: int,
+    clip: Float[Array, ""],
+    prior_bound: float,
+) -> _Path:
+    """Euler-Maruyama paths of the controlled SDE, with their running costs.
+
+    Differentiable in the network's weights through the paths (the target score is a
+    constant input).
+
+    Returns:
+        The final states, ``log N(x_0; 0, I) - log q_0(x_0)`` (zero for PIS), and per
+        path ``sum_n |delta_n|^2 dt / 2`` and ``sum_n delta_n . dW_n``.
+    """
+    prior_key, noise_key = jax.random.split(rng_key)
+    if process.kind == "pis":
+        x0 = jnp.zeros((num_samples, dim))
+        log_prior_ratio = jnp.zeros(num_samples)
+    else:
+        x0 = sample_prior(prior_key, (num_samples, dim), prior_bound)
+        log_prior_ratio = jax.vmap(
+            lambda x: (
+                standard_normal_logdensity(x)
+                - truncated_normal_logdensity(x, prior_bound)
+            )
+        )(x0)
+    dt = 1.0 / num_steps
+    score_fn = jax.vmap(score_fn)
+
+    def body(carry, inputs):
+        x, running, ito = carry
+        t, key = inputs
+        scores = jax.lax.stop_gradient(score_fn(x))
+        embedding, gate = network.conditioning(t, dt)
+        delta = jax.vmap(lambda x, s: _deviation(network, x, embedding, gate, s, clip))(
+            x, scores
+        )
+        f, sigma, g = process.coefficients(t)
+        noise = jnp.sqrt(dt) * jax.random.normal(key, x.shape, x.dtype)
+        running = running + 0.5 * jnp.sum(delta**2, -1) * dt
+        ito = ito + jnp.sum(delta * noise, -1)
+        x = x + (f * x + sigma * (g * x + delta)) * dt + sigma * noise
+        return (x, running, ito), None
+
+    times = jnp.arange(num_steps) * dt
+    keys = jax.random.split(noise_key, num_steps)
+    zeros = jnp.zeros(num_samples)
+    (x, running, ito), _ = jax.lax.scan(body, (x0, zeros, zeros), (times, keys))
+    return _Path(x, log_prior_ratio, running, ito)
+
+
+def _terminal_logdensity(process, num_steps, x):
+    variance = process.terminal_variance(num_steps)
+    return jax.vmap(standard_normal_logdensity)(x / jnp.sqrt(variance)) - 0.5 * x.shape[
+        -1
+    ] * jnp.log(variance)
+
+
+def draw_reference(
+    rng_key: PRNGKeyArray,
+    network: ControlNetwork,
+    process: ReferenceProcess,
+    logdensity_fn: Callable,
+    config: ConsistencyConfig,
+    num_samples: int,
+    num_steps: int,
+) -> PathDraws:
+    """Draw with ``num_steps`` Euler-Maruyama steps, with exact path weights.
+
+    Args:
+        rng_key: PRNG key.
+        network: the control network (e.g. the EMA weights).
+        process: the reference process it was trained against.
+        logdensity_fn: log density of one flat (whitened) vector.
+        config: the sampler's settings (prior bound, clip).
+        num_samples: number of draws.
+        num_steps: equal steps from ``t = 0`` to ``t = 1``.
+
+    Returns:
+        :class:`~numpyro_cds.path_weights.PathDraws`: ``log rho(x) - log_density``
+        is each draw's importance log weight (module docstring).
+    """
+    dim = network.output_layer.out_features
+    clip = config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max))
+    path = simulate_reference(
+        rng_key,
+        network,
+        process,
+        target_score_fn(logdensity_fn),
+        num_samples=num_samples,
+        dim=dim,
+        num_steps=num_steps,
+        clip=clip,
+        prior_bound=config.drawing_bound(dim),
+    )
+    log_density = (
+        _terminal_logdensity(process, num_steps, path.x)
+        + path.running
+        + path.ito
+        - path.log_prior_ratio
+    )
+    return PathDraws(path.x, log_density)
+
+
+def reference_sampler(
+    logdensity_fn: Callable,
+    dim: int,
+    config: ConsistencyConfig,
+    optimizer: optax.GradientTransformation,
+    kind: str,
+    schedule: AbstractSchedule | None = None,
+) -> SamplerAlgorithm:
+    """PIS or DDS ``init``, ``step`` and ``sample`` functions for one target.
+
+    Args:
+        logdensity_fn: log density of one flat (whitened) vector, up to a constant.
+        dim: its dimension.
+        config: the network, batch, steps, clip and EMA settings (the consistency
+            and volume weights are not used).
+        optimizer: the optax transformation (one update per iteration).
+        kind: ``"pis"`` or ``"dds"``.
+        schedule: DDS's noise schedule, :class:`~numpyro_cds.sde.LinearSchedule` by
+            default.
+
+    Returns:
+        A :class:`~numpyro_cds.consistency.SamplerAlgorithm` whose ``sample`` draws
+        with the SDE (``log_density="path"`` gives the path weights; the flow kinds
+        are refused) and whose info is :class:`ReferenceInfo`.
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp, optax
+        >>> config = ConsistencyConfig(num_sde_steps=4, batch_size=8, width=8)
+        >>> algo = reference_sampler(lambda x: -0.5 * jnp.sum(x**2), 2, config,
+        ...                          optax.adam(1e-3), "pis")
+        >>> state, static = algo.init(jax.random.key(0))
+        >>> state, info = eqx.filter_jit(algo.step)(jax.random.key(1), state, static)
+        >>> algo.sample(jax.random.key(2), state.ema_params, static, 5, 4).shape
+        (5, 2)
+    """
+    process = ReferenceProcess(kind, LinearSchedule() if schedule is None else schedule)
+    score_fn = target_score_fn(logdensity_fn)
+    steps = config.num_sde_steps
+
+    def init(rng_key):
+        network = ControlNetwork(
+            dim,
+            width=config.width,
+            depth=config.depth,
+            gate_bias=GATE_BIAS,
+            key=rng_key,
+        )
+        params, static = eqx.partition(network, eqx.is_inexact_array)
+        state = SCDSState(
+            params, params, optimizer.init(params), jnp.zeros((), jnp.int32)
+        )
+        return state, static
+
+    def objective(params, static, rng_key, clip):
+        path = simulate_reference(
+            rng_key,
+            eqx.combine(params, static),
+            process,
+            score_fn,
+            num_samples=config.batch_size,
+            dim=dim,
+            num_steps=steps,
+            clip=clip,
+            prior_bound=config.training_bound(dim),
+        )
+        cost = (
+            path.running
+            + _terminal_logdensity(process, steps, path.x)
+            - jax.vmap(logdensity_fn)(path.x)
+        )
+        keep = jnp.isfinite(cost) & (cost < config.max_rnd)
+        count = jnp.maximum(jnp.sum(keep), 1)
+        kl = jnp.sum(jnp.where(keep, cost, 0.0)) / count
+        log_weight = jax.lax.stop_gradient(cost + path.ito)
+        mean = jnp.sum(jnp.where(keep, log_weight, 0.0)) / count
+        variance = jnp.sum(jnp.where(keep, (log_weight - mean) ** 2, 0.0)) / count
+        return kl / dim, (variance / dim, count / keep.size)
+
+    def step(rng_key, state, static):
+        clip = config.clip(state.iteration)
+        (kl, (variance, kept)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params, static, rng_key, clip
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = eqx.apply_updates(state.params, updates)
+        ema_params = ema_update(config, state.iteration, state.ema_params, params)
+        new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
+        return new_state, ReferenceInfo(kl, variance, kept)
+
+    def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
+        if log_density not in (None, "path"):
+            raise ValueError(
+                f"{kind.upper()} draws with its SDE: log_density must be None or "
+                f"'path', got {log_density!r}."
+            )
+        draws = draw_reference(
+            rng_key,
+            eqx.combine(params, static),
+            process,
+            logdensity_fn,
+            config,
+            num_samples,
+            num_steps,
+        )
+        return draws if log_density == "path" else draws.x
+
+    return SamplerAlgorithm(init, step, sample, loss_name="log_variance")
