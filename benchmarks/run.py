@@ -267,6 +267,28 @@ def run_suite(
     return results
 
 
+def parse_settings(parser: argparse.ArgumentParser, pairs: list[str]) -> dict:
+    """``NAME=VALUE`` pairs as a dict, values as JSON reads them (else strings)."""
+    settings = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            parser.error(f"--set takes NAME=VALUE pairs, got {pair!r}")
+        try:
+            settings[name] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[name] = value
+    return settings
+
+
+def with_settings(budget: Budget, settings: dict, targets) -> Budget:
+    """``budget`` with ``settings`` over its per-target settings for ``targets``."""
+    overrides = dict(budget.overrides)
+    for target in targets:
+        overrides[target.name] = {**overrides.get(target.name, {}), **settings}
+    return dataclasses.replace(budget, overrides=overrides)
+
+
 def main(argv=None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -280,6 +302,14 @@ def main(argv=None) -> None:
     parser.add_argument("--targets", nargs="*", default=None, help="subset of targets")
     parser.add_argument(
         "--methods", nargs="*", default=None, help=f"subset of {sorted(METHODS)}"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="training settings for every target, over the budget's (e.g. "
+        "num_train_steps=4000 num_sde_steps=128); numbers as numbers",
     )
     parser.add_argument("--out", default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -302,6 +332,8 @@ def main(argv=None) -> None:
     budget = dataclasses.replace(
         BUDGETS[args.budget], checkpoint_dir=os.path.join(out, "checkpoints")
     )
+    if args.set:
+        budget = with_settings(budget, parse_settings(parser, args.set), targets)
     results = run_suite(
         args.suite,
         budget,

@@ -8,6 +8,7 @@ import numpyro
 from numpyro.infer import MCMC, NUTS
 
 from numpyro_cds import CDSInference, ConsistencyConfig, TrainConfig
+from numpyro_cds.session import METHODS
 
 
 def parser_with_common_flags(description, *, num_samples):
@@ -19,10 +20,19 @@ def parser_with_common_flags(description, *, num_samples):
     parser.add_argument("--num-samples", type=int, default=num_samples, help="draws")
     parser.add_argument("--num-chains", type=int, default=1, help="groups of draws")
     parser.add_argument(
+        "--method",
+        default="scds",
+        choices=list(METHODS),
+        help="the sampler (docs/methods.rst): self-consistent, a diffusion sampler "
+        "(DIS, PIS, DDS: SDE draws), or consistency-distilled (CDDS, trains a DIS "
+        "teacher first)",
+    )
+    parser.add_argument(
         "--num-steps",
         type=int,
-        default=1,
-        help="probability-flow steps per draw (1, 2, 4, ...)",
+        default=None,
+        help="steps per draw (1, 2, 4, ...); default: the method's (1, or "
+        "--num-sde-steps for the diffusion samplers)",
     )
     parser.add_argument(
         "--num-train-steps",
@@ -83,6 +93,7 @@ def run_inference(model, args, rng_key, *model_args, **options):
         model,
         num_samples=args.num_samples,
         num_chains=args.num_chains,
+        method=args.method,
         num_steps=args.num_steps,
         num_train_steps=args.num_train_steps,
         batch_size=args.batch_size,
@@ -93,7 +104,8 @@ def run_inference(model, args, rng_key, *model_args, **options):
     )
     start = time.perf_counter()
     cds.run(rng_key, *model_args)
-    print(f"CDSInference: {time.perf_counter() - start:.1f} s in total")
+    seconds = time.perf_counter() - start
+    print(f"CDSInference (method {args.method!r}): {seconds:.1f} s in total")
     return cds
 
 

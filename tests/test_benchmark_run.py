@@ -120,3 +120,22 @@ def test_readme_quickstart_code_is_the_first_python_block():
     assert "CDSInference(model" in code and "log_evidence()" in code
     with pytest.raises(ValueError, match="no"):
         quickstart_code("no code here")
+
+
+def test_set_overrides_the_budget_for_the_chosen_targets():
+    import argparse
+
+    from benchmarks.methods import BUDGETS
+    from benchmarks.run import parse_settings, with_settings
+    from benchmarks.targets import make_target
+
+    parser = argparse.ArgumentParser()
+    settings = parse_settings(parser, ["num_sde_steps=128", "whitening=null"])
+    assert settings == {"num_sde_steps": 128, "whitening": None}
+    budget = with_settings(BUDGETS["cpu"], settings, [make_target("mw52")])
+    assert budget.overrides["mw52"] == dict(
+        num_train_steps=1000, batch_size=256, num_sde_steps=128, whitening=None
+    )
+    assert BUDGETS["cpu"].overrides["mw52"]["num_sde_steps"] == 64  # not mutated
+    with pytest.raises(SystemExit):
+        parse_settings(parser, ["num_sde_steps"])

@@ -48,8 +48,9 @@ def test_eight_schools_with_nuts_comparison_and_plot(tmp_path):
     assert (tmp_path / "es.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("script", ["funnel.py", "gmm40.py"])
-def test_synthetic_examples(script, tmp_path):
+@pytest.mark.parametrize("script, method", [("funnel.py", "scds"), ("gmm40.py", "dds")])
+def test_synthetic_examples(script, method, tmp_path):
     # The MCMC correction runs in the eight-schools example; here resampling only.
-    out = _run(script, "--plot", "", "--correction", "resample", cwd=tmp_path)
-    assert "CDS" in out
+    flags = ("--plot", "", "--correction", "resample", "--method", method)
+    out = _run(script, *flags, cwd=tmp_path)
+    assert f"CDSInference (method {method!r})" in out
