@@ -425,13 +425,14 @@ register_method("dds", default=False)(_run_diffusion_sampler("dds", lambda n: (n
 
 @register_method("cdds", default=False)
 def run_cdds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
-    """CDDS (``method="cdds"``, its DIS teacher trained first), row ``CDDS(1)``.
+    """CDDS (``method="cdds"``, its DIS teacher trained first), rows ``CDDS(k)``.
 
-    The budget's settings for the teacher and for the distillation each; the row's
-    training time and gradients include the teacher's.
+    ``k`` = 1, 2 and 4 consistency steps (re-noised in between).  The budget's
+    settings for the teacher and for the distillation each; the rows' training time
+    and gradients include the teacher's.
     """
     options = {**_budget_kwargs(target, budget), "method": "cdds"}
-    return _run_cds(target, budget, rng_key, options, "CDDS", (1,))[1]
+    return _run_cds(target, budget, rng_key, options, "CDDS", (1, 2, 4))[1]
 
 
 def _whitening_run(cds: CDSInference, budget: Budget, rng_key) -> MethodRun:

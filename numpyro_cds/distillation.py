@@ -48,10 +48,15 @@ from .consistency import (
     SamplerAlgorithm,
     SCDSState,
     ema_update,
-    network_sampler,
 )
 from .diffusion import batched_control, sample_prior, target_score_fn
-from .flow import flow_step_fn
+from .flow import (
+    FlowDraws,
+    flow_step_fn,
+    log_det_keys,
+    step_with_log_det,
+    truncated_normal_logdensity,
+)
 from .networks import ControlNetwork
 from .sde import AbstractSchedule, LinearSchedule, probability_flow_step
 
@@ -60,6 +65,8 @@ __all__ = [
     "consistency_function",
     "distillation_loss",
     "distillation_sampler",
+    "draw_consistency",
+    "run_consistency",
     "teacher_trajectories",
 ]
 
@@ -153,6 +160,132 @@ def consistency_function(
     return step(x)
 
 
+def run_consistency(
+    rng_key: PRNGKeyArray,
+    network: ControlNetwork,
+    schedule: AbstractSchedule,
+    score_fn: Callable,
+    x0: Float[Array, "num_samples dim"],
+    num_steps: int,
+    clip: Float[Array, ""],
+    *,
+    num_sde_steps: int,
+    target_score_max_step: int | None,
+    prior_bound: float | None = None,
+    log_det: str = "exact",
+) -> FlowDraws:
+    r"""``num_steps`` consistency steps, re-noised in between, with exact weights.
+
+    Step ``j`` (time ``t_j = j / k``) maps its start to the end, ``y_{j+1} =
+    f(u_j, t_j)``; before every step but the first the last end point is noised
+    back to ``t_j`` along the SDE's marginal, ``u_j = alpha_j y_j + s_j z_j``
+    (:meth:`~numpyro_cds.sde.AbstractSchedule.noising_marginal`).  The density of
+    the final draw is intractable, that of the chain of states is not: with the
+    auxiliary backward kernel ``B_j(y_j | u_j) = N(y_j; alpha_j u_j, s_j^2 I)``
+    (any normalised kernel keeps ``E[w] = Z``; this one is the exact reverse of the
+    noising when the target is standard normal, the whitened target's scale, and
+    then costs nothing), the importance weight of the draw is
+
+    .. math::
+        \log w = \log\rho(y_k) - \log q_0(x_0) + \sum_j \log|\det J_j|
+        + \sum_{j \ge 1} \big[\log N(y_j; \alpha_j u_j, s_j^2 I)
+        - \log N(u_j; \alpha_j y_j, s_j^2 I)\big],
+
+    valid wherever every step map is invertible (a fold is flagged by the steps'
+    determinant signs, as for the flow).  At ``k = 1`` it is the one-step flow.
+
+    Args:
+        rng_key: key of the re-noising (and of stochastic log-determinants).
+        network: the consistency network.
+        schedule: the noise schedule.
+        score_fn: ``grad log rho`` of one state.
+        x0: prior draws.
+        num_steps: ``k``.
+        clip: element-wise clip of the control's parts.
+        num_sde_steps: the fine steps ``N`` of training.
+        target_score_max_step: steps to the end longer than this many ``1 / N`` use
+            the control without the target score (as in training); None: none.
+        prior_bound: truncation of the prior; if given, also compute the log
+            densities.
+        log_det: ``"exact"`` or ``"stochastic"`` log-determinants.
+
+    Returns:
+        :class:`~numpyro_cds.flow.FlowDraws`.
+    """
+    with_density = prior_bound is not None
+    noise_key, det_key = jax.random.split(rng_key)
+    keys = log_det_keys(det_key, log_det, num_steps, x0.shape[0])
+    max_step = num_sde_steps if target_score_max_step is None else target_score_max_step
+    y, log_q, signs = x0, 0.0, []
+    for j in range(num_steps):
+        t = j / num_steps
+        u = y
+        if j > 0:
+            alpha, s = schedule.noising_marginal(t)
+            noise = jax.random.normal(jax.random.fold_in(noise_key, j), y.shape)
+            u = alpha * y + s * noise
+        with_score = j > 0 and num_sde_steps * (num_steps - j) <= max_step * num_steps
+        step = flow_step_fn(
+            network, schedule, score_fn if with_score else None, t, 1.0 - t, clip
+        )
+        y_next, det = step_with_log_det(
+            step, u, keys[j], log_det if with_density else None
+        )
+        if with_density:
+            log_q = log_q - det[0]
+            signs.append(det[1])
+            if j > 0:
+                forward = jnp.sum((u - alpha * y) ** 2, -1)
+                backward = jnp.sum((y - alpha * u) ** 2, -1)
+                log_q = log_q + 0.5 * (backward - forward) / s**2
+        y = y_next
+    if not with_density:
+        return FlowDraws(y)
+    log_prior = jax.vmap(lambda x: truncated_normal_logdensity(x, prior_bound))(x0)
+    return FlowDraws(y, log_prior + log_q, jnp.stack(signs))
+
+
+def draw_consistency(
+    rng_key: PRNGKeyArray,
+    network: ControlNetwork,
+    logdensity_fn: Callable,
+    config: ConsistencyConfig,
+    num_samples: int,
+    num_steps: int,
+    log_density: str | None = None,
+    schedule: AbstractSchedule | None = None,
+):
+    """Draw with ``num_steps`` consistency steps of a CDDS network.
+
+    As :func:`~numpyro_cds.consistency.draw_network` (same arguments, same prior
+    draws), with :func:`run_consistency` in place of the flow; ``log_density`` is
+    None, ``"exact"`` or ``"stochastic"``.
+    """
+    if log_density not in (None, "exact", "stochastic"):
+        raise ValueError(
+            "CDDS draws with consistency steps: log_density must be None, 'exact' or "
+            f"'stochastic'; got {log_density!r}."
+        )
+    schedule = LinearSchedule() if schedule is None else schedule
+    dim = network.output_layer.out_features
+    bound = config.drawing_bound(dim)
+    x0 = sample_prior(rng_key, (num_samples, dim), bound)
+    draws = run_consistency(
+        jax.random.fold_in(rng_key, 1),
+        network,
+        schedule,
+        target_score_fn(logdensity_fn),
+        x0,
+        num_steps,
+        config.clip(jnp.asarray(jnp.iinfo(jnp.int32).max)),
+        num_sde_steps=config.num_sde_steps,
+        target_score_max_step=config.target_score_max_step,
+        prior_bound=None if log_density is None else bound,
+        log_det=log_density or "exact",
+    )
+    return draws.x if log_density is None else draws
+
+
 def distillation_loss(
     rng_key: PRNGKeyArray,
     network: ControlNetwork,
@@ -237,8 +370,8 @@ def distillation_sampler(
     Returns:
         ``init(rng_key) -> (state, static)`` (the student starts as the teacher);
         ``step(rng_key, state, static) -> (state, DistillationInfo)``;
-        ``sample`` as :func:`~numpyro_cds.consistency.consistency_sampler`'s (the
-        one-step draw is ``f(x_0, 0)``).
+        ``sample`` draws with :func:`draw_consistency` (the one-step draw is
+        ``f(x_0, 0)``).
 
     Raises:
         ValueError: ``gap`` does not divide ``num_sde_steps``.
@@ -294,5 +427,17 @@ def distillation_sampler(
         new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
         return new_state, DistillationInfo(loss, kept)
 
-    sample = network_sampler(logdensity_fn, config, schedule)
+    def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
+        network = eqx.combine(params, static)
+        return draw_consistency(
+            rng_key,
+            network,
+            logdensity_fn,
+            config,
+            num_samples,
+            num_steps,
+            log_density,
+            schedule,
+        )
+
     return SamplerAlgorithm(init, step, sample, loss_name="distillation_loss")

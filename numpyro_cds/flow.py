@@ -40,6 +40,8 @@ __all__ = [
     "exact_log_abs_det",
     "stochastic_log_abs_det",
     "run_flow",
+    "step_with_log_det",
+    "log_det_keys",
     "folded_steps",
 ]
 
@@ -177,6 +179,36 @@ def stochastic_log_abs_det(
     return 0.5 * log_det_gram, jnp.asarray(jnp.nan)
 
 
+def log_det_keys(rng_key, log_det: str, num_steps: int, num_samples: int):
+    """Keys of the stochastic log-determinants, one per step and draw (else zeros)."""
+    if log_det == "stochastic":
+        return jax.random.split(rng_key, (num_steps, num_samples))
+    return jnp.zeros((num_steps, num_samples))
+
+
+def step_with_log_det(step: Callable, x, step_keys, log_det: str | None):
+    """``step`` applied to each draw of ``x``, with its log-determinant and sign.
+
+    Args:
+        step: a map of one state.
+        x: the draws, shape ``(num_samples, dim)``.
+        step_keys: one key per draw (stochastic log-determinants only).
+        log_det: ``"exact"``, ``"stochastic"`` or None (no log-determinant).
+
+    Returns:
+        ``(new draws, (log |det J|, sign) or None)``.
+    """
+    if log_det is None:
+        return jax.vmap(step)(x), None
+    if log_det == "exact":
+        log_abs_det, sign = jax.vmap(lambda xi: exact_log_abs_det(step, xi))(x)
+    else:
+        log_abs_det, sign = jax.vmap(
+            lambda key, xi: stochastic_log_abs_det(key, step, xi)
+        )(step_keys, x)
+    return jax.vmap(step)(x), (log_abs_det, sign)
+
+
 def run_flow(
     network,
     schedule: AbstractSchedule,
@@ -217,23 +249,10 @@ def run_flow(
     dt = 1.0 / num_steps
     with_density = prior_bound is not None
 
-    num_samples = x0.shape[0]
-    keys = (
-        jax.random.split(rng_key, (num_steps, num_samples))
-        if log_det == "stochastic"
-        else jnp.zeros((num_steps, num_samples))
-    )
+    keys = log_det_keys(rng_key, log_det, num_steps, x0.shape[0])
 
     def advance(step, x, step_keys):
-        if not with_density:
-            return jax.vmap(step)(x), None
-        if log_det == "exact":
-            log_abs_det, sign = jax.vmap(lambda xi: exact_log_abs_det(step, xi))(x)
-        else:
-            log_abs_det, sign = jax.vmap(
-                lambda key, xi: stochastic_log_abs_det(key, step, xi)
-            )(step_keys, x)
-        return jax.vmap(step)(x), (log_abs_det, sign)
+        return step_with_log_det(step, x, step_keys, log_det if with_density else None)
 
     # At t = 0 the target score has weight zero in the control: skip evaluating it.
     x, first = advance(

@@ -39,6 +39,19 @@ class AbstractSchedule(eqx.Module):
         """Diffusion coefficient ``sqrt(beta(t))``."""
         return jnp.sqrt(self.beta(t))
 
+    @abc.abstractmethod
+    def beta_integral(self, t: Float[Array, ""]) -> Float[Array, ""]:
+        """``B = integral of beta from t to 1``: the noising from the target to ``t``.
+
+        The uncontrolled noising process started at a target draw ``y`` is at
+        generative time ``t`` distributed as ``N(exp(-B / 2) y, (1 - exp(-B)) I)``.
+        """
+
+    def noising_marginal(self, t: Float[Array, ""]):
+        """``(alpha, s)``: a target draw ``y`` noised to ``t`` is ``alpha y + s z``."""
+        integral = self.beta_integral(t)
+        return jnp.exp(-0.5 * integral), jnp.sqrt(-jnp.expm1(-integral))
+
 
 class LinearSchedule(AbstractSchedule):
     """Linear VP schedule: ``beta`` falls from ``beta_max`` (prior) to ``beta_min``.
@@ -62,6 +75,10 @@ class LinearSchedule(AbstractSchedule):
     def beta(self, t):
         """Noise rate at generative time ``t``."""
         return self.beta_max + (self.beta_min - self.beta_max) * jnp.asarray(t)
+
+    def beta_integral(self, t):
+        """``integral of beta from t to 1`` (exact: the trapezoid of a line)."""
+        return 0.5 * (self.beta(t) + self.beta_min) * (1.0 - jnp.asarray(t))
 
 
 def probability_flow_drift(schedule: AbstractSchedule, x, t, u):

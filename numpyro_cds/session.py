@@ -106,11 +106,10 @@ class Settings:
             raise ValueError(f"method must be one of {METHODS}; got {self.method!r}.")
         steps = check_num_steps(self.num_steps, self.consistency.num_sde_steps)
         object.__setattr__(self, "num_steps", steps)
-        if self.method == "cdds" and (steps != 1 or self.sampling != "flow"):
+        if self.method == "cdds" and self.sampling != "flow":
             raise ValueError(
-                "method='cdds' draws in one probability-flow step (num_steps=1, "
-                f"sampling='flow'); got num_steps={steps}, sampling="
-                f"{self.sampling!r}. For more steps use method='scds' or the teacher."
+                "method='cdds' draws with consistency steps (sampling='flow'); got "
+                f"sampling={self.sampling!r}. For SDE draws use the teacher."
             )
         if self.method in REFERENCE_METHODS and self.sampling != "sde":
             raise ValueError(

@@ -25,6 +25,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .arguments import check_count, check_num_steps
 from .checkpoint import read_checkpoint, read_header, write_checkpoint
 from .consistency import ConsistencyConfig, draw_network
+from .distillation import draw_consistency
 from .networks import ControlNetwork
 from .reference import REFERENCE_METHODS, ReferenceProcess, draw_reference
 from .sde import AbstractSchedule, LinearSchedule
@@ -164,7 +165,18 @@ def _draw_uncompiled(
 ) -> Draws:
     whitening = sampler.whitening
     whitened = whitening.whitened_logdensity(logdensity_fn)
-    if sampler.method in REFERENCE_METHODS:
+    if sampler.method == "cdds":
+        draws = draw_consistency(
+            rng_key,
+            sampler.network,
+            whitened,
+            sampler.config,
+            num_samples,
+            num_steps,
+            kind,
+            sampler.schedule,
+        )
+    elif sampler.method in REFERENCE_METHODS:
         draws = draw_reference(
             rng_key,
             sampler.network,

@@ -13,6 +13,7 @@ from numpyro_cds.diffusion import target_score_fn
 from numpyro_cds.distillation import (
     consistency_function,
     distillation_sampler,
+    draw_consistency,
     teacher_trajectories,
 )
 from numpyro_cds.networks import ControlNetwork
@@ -143,3 +144,57 @@ def test_gap_must_divide_the_teacher_steps():
         distillation_sampler(
             gaussian_logdensity, teacher, config, optax.adam(1e-3), gap=3
         )
+
+
+def perturbed_network(dim, scale, key):
+    """A control network with every weight perturbed: an arbitrary student."""
+    network = ControlNetwork(dim, width=16, key=key)
+    params, static = eqx.partition(network, eqx.is_inexact_array)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+    leaves = [
+        leaf + scale * jax.random.normal(k, leaf.shape)
+        for leaf, k in zip(leaves, keys, strict=True)
+    ]
+    return eqx.combine(jax.tree.unflatten(tree, leaves), static)
+
+
+@pytest.mark.parametrize("num_steps", [2, 8])
+def test_multistep_consistency_weights_are_unbiased(num_steps):
+    """Re-noised consistency steps with the auxiliary backward kernels: E[w] = Z."""
+    mean, sd = jnp.array([1.0, -0.5]), 0.7
+
+    def logdensity(x):
+        return -0.5 * jnp.sum(((x - mean) / sd) ** 2)
+
+    log_z = 2 * 0.5 * np.log(2 * np.pi * sd**2)
+    config = ConsistencyConfig(num_sde_steps=16, width=16, prior_bound=6.0)
+    network = perturbed_network(2, 0.05, jax.random.key(3))
+    draws = draw_consistency(
+        jax.random.key(4), network, logdensity, config, 100_000, num_steps, "exact"
+    )
+    assert draws.step_signs.shape == (num_steps, 100_000)
+    assert np.all(np.abs(np.mean(draws.step_signs, axis=1)) == 1)  # no fold
+    log_weights = np.asarray(jax.vmap(logdensity)(draws.x) - draws.log_density)
+    shift = log_weights.max()
+    w = np.exp(log_weights - shift)
+    estimate, se = np.log(w.mean()) + shift, w.std() / w.mean() / np.sqrt(w.size)
+    assert np.std(log_weights) > 0.5 and se < 0.01
+    assert abs(estimate - log_z) < 3 * se
+
+
+def test_one_consistency_step_is_the_one_step_flow():
+    from numpyro_cds.consistency import draw_network
+
+    config = ConsistencyConfig(num_sde_steps=8, width=16)
+    network = perturbed_network(3, 0.05, jax.random.key(0))
+
+    def logdensity(x):
+        return -0.5 * jnp.sum(x**2)
+
+    flow = draw_network(jax.random.key(1), network, logdensity, config, 50, 1, "exact")
+    steps = draw_consistency(
+        jax.random.key(1), network, logdensity, config, 50, 1, "exact"
+    )
+    np.testing.assert_array_equal(flow.x, steps.x)
+    np.testing.assert_allclose(flow.log_density, steps.log_density, rtol=1e-6)

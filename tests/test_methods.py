@@ -92,9 +92,9 @@ def test_dis_draws_with_its_sde_by_default():
     assert np.isfinite(cds.log_evidence()[0])
 
 
-def test_cdds_draws_in_one_step_only():
-    with pytest.raises(ValueError, match="one probability-flow step"):
-        CDSInference(eight_schools, method="cdds", num_steps=2, **TEACHER)
+def test_cdds_draws_with_consistency_steps_only():
+    with pytest.raises(ValueError, match="draws with consistency steps"):
+        CDSInference(eight_schools, method="cdds", sampling="sde", **TEACHER)
     with pytest.raises(ValueError, match="method must be one of"):
         CDSInference(eight_schools, method="nuts")
 
@@ -107,6 +107,9 @@ def test_cdds_distils_a_given_teacher(trained_eight_schools):
     assert cds.training_iterations == 10
     assert set(cds.training_losses) == {"distillation_loss", "kept_fraction"}
     assert np.isfinite(cds.log_evidence()[0])
+    # Two consistency steps, re-noised in between, with their auxiliary weights.
+    _, log_weights = cds.sample(jax.random.key(2), 40, 2, True)
+    assert np.all(np.isfinite(log_weights))
 
 
 def test_a_teacher_of_other_settings_or_another_dimension_is_refused(
