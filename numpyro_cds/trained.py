@@ -165,18 +165,7 @@ def _draw_uncompiled(
 ) -> Draws:
     whitening = sampler.whitening
     whitened = whitening.whitened_logdensity(logdensity_fn)
-    if sampler.method == "cdds":
-        draws = draw_consistency(
-            rng_key,
-            sampler.network,
-            whitened,
-            sampler.config,
-            num_samples,
-            num_steps,
-            kind,
-            sampler.schedule,
-        )
-    elif sampler.method in REFERENCE_METHODS:
+    if sampler.method in REFERENCE_METHODS:
         draws = draw_reference(
             rng_key,
             sampler.network,
@@ -187,7 +176,9 @@ def _draw_uncompiled(
             num_steps,
         )
     else:
-        draws = draw_network(
+        # CDDS draws with consistency steps, SCDS and DIS with flow or SDE steps.
+        draw = draw_consistency if sampler.method == "cdds" else draw_network
+        draws = draw(
             rng_key,
             sampler.network,
             whitened,

@@ -58,3 +58,22 @@ def trained_eight_schools():
     )
     cds.run(jax.random.key(0), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
     return cds
+
+
+def perturbed_network(dim, scale, key, gate_bias=1.0):
+    """A width-16 control network with every weight (output layer and gate included)
+    perturbed from its start by ``scale`` times standard normals: an arbitrary,
+    non-optimal control."""
+    import equinox as eqx
+
+    from numpyro_cds.networks import ControlNetwork
+
+    network = ControlNetwork(dim, width=16, gate_bias=gate_bias, key=key)
+    params, static = eqx.partition(network, eqx.is_inexact_array)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+    leaves = [
+        leaf + scale * jax.random.normal(k, leaf.shape)
+        for leaf, k in zip(leaves, keys, strict=True)
+    ]
+    return eqx.combine(jax.tree.unflatten(tree, leaves), static)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import perturbed_network
 
 from numpyro_cds import networks
 from numpyro_cds.consistency import ConsistencyConfig
@@ -144,19 +145,6 @@ def test_gap_must_divide_the_teacher_steps():
         distillation_sampler(
             gaussian_logdensity, teacher, config, optax.adam(1e-3), gap=3
         )
-
-
-def perturbed_network(dim, scale, key):
-    """A control network with every weight perturbed: an arbitrary student."""
-    network = ControlNetwork(dim, width=16, key=key)
-    params, static = eqx.partition(network, eqx.is_inexact_array)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-    leaves = [
-        leaf + scale * jax.random.normal(k, leaf.shape)
-        for leaf, k in zip(leaves, keys, strict=True)
-    ]
-    return eqx.combine(jax.tree.unflatten(tree, leaves), static)
 
 
 @pytest.mark.parametrize("num_steps", [2, 8])

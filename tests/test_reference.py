@@ -1,12 +1,16 @@
 """PIS and DDS: reference-process path weights, KL training, the driver's dispatch."""
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y, eight_schools
+from conftest import (
+    EIGHT_SCHOOLS_SIGMA,
+    EIGHT_SCHOOLS_Y,
+    eight_schools,
+    perturbed_network,
+)
 from scipy.special import erf
 
 from numpyro_cds import CDSInference
@@ -41,25 +45,11 @@ def log_mean_exp_with_se(log_weights):
     return np.log(mean) + shift, w.std() / mean / np.sqrt(w.size)
 
 
-def random_network(key, scale):
-    """A control network whose every weight (output layer and gate included) is
-    perturbed from PIS/DDS's start: an arbitrary, non-optimal control."""
-    network = ControlNetwork(DIM, width=16, gate_bias=GATE_BIAS, key=key)
-    params, static = eqx.partition(network, eqx.is_inexact_array)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-    leaves = [
-        leaf + scale * jax.random.normal(k, leaf.shape)
-        for leaf, k in zip(leaves, keys, strict=True)
-    ]
-    return eqx.combine(jax.tree.unflatten(tree, leaves), static)
-
-
 @pytest.mark.parametrize("kind", ["pis", "dds"])
 @pytest.mark.parametrize("num_steps", [16, 4])
 def test_path_weights_are_unbiased_for_an_arbitrary_control(kind, num_steps):
     config = ConsistencyConfig(num_sde_steps=16, width=16, prior_bound=6.0)
-    network = random_network(jax.random.key(3), 0.1)
+    network = perturbed_network(DIM, 0.1, jax.random.key(3), gate_bias=GATE_BIAS)
     draws = draw_reference(
         jax.random.key(4),
         network,
