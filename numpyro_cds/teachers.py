@@ -17,12 +17,18 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from .reference import REFERENCE_METHODS
 from .target import Target
 from .trained import TrainedSampler, load_trained
 
-__all__ = ["TEACHER_FIELDS", "resolve_teacher", "sampler_fingerprint"]
+__all__ = [
+    "TEACHER_FIELDS",
+    "TEACHER_METHODS",
+    "resolve_teacher",
+    "sampler_fingerprint",
+]
 
+#: The methods whose samplers can teach: their control defines a probability flow.
+TEACHER_METHODS = ("dis", "scds")
 #: Settings the student shares with its teacher (it starts as a copy of its network).
 TEACHER_FIELDS = ("num_sde_steps", "width", "depth")
 
@@ -74,11 +80,11 @@ def resolve_teacher(
             "(cds.trained of a trained CDSInference) or the path of one saved with "
             f"cds.save(path); got {type(source).__name__}."
         )
-    if teacher.method in REFERENCE_METHODS:
+    if teacher.method not in TEACHER_METHODS:
         raise ValueError(
             f"A {teacher.method.upper()} sampler cannot be a CDDS teacher: CDDS "
-            "distils the probability-flow ODE of a VP diffusion sampler. Pass a DIS or "
-            "SCDS sampler (or no teacher: CDDS then trains a DIS teacher)."
+            "distils the probability-flow ODE of a DIS or SCDS sampler. Pass one of "
+            "those (or no teacher: CDDS then trains a DIS teacher)."
         )
     if teacher.dim != target.dim:
         raise ValueError(
