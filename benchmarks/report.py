@@ -112,7 +112,6 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
         largest_diffusion = {
             label: _largest(by_method, label) for label in ("DIS", "PIS", "DDS")
         }
-        largest_dis = largest_diffusion["DIS"]
 
         def with_excess(method, by_method=by_method):
             """``value (+excess over the same-n floor)``."""
@@ -124,7 +123,7 @@ def _sinkhorn_summary(targets: dict) -> list[str]:
                 return _fmt(value)
             return f"{_fmt(value)} ({value - floor['metrics']['sinkhorn']:+.3f})"
 
-        labels = ("SCDS(1)", "SCDS-paper(1)", "CDDS(1)", largest_dis)
+        labels = ("SCDS(1)", "SCDS-paper(1)", "CDDS(1)", *largest_diffusion.values())
         first = next((m for m in labels if m in by_method), None)
         floor = by_method.get(_floor(by_method, first))
         paper, paper_floor = target["paper"], PAPER_FLOORS.get(name)
