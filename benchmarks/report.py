@@ -186,13 +186,14 @@ def _weights_cell(row: dict | None) -> str | None:
     )
 
 
-def _synthetic_details(name: str, target: dict) -> list[str]:
+def _details(name: str, target: dict) -> list[str]:
+    """Every row of one target: its metrics, weights and costs."""
     keys = ["num_draws", "sinkhorn", "sinkhorn_converged"]
     keys += ["sinkhorn_divergence", "mmd2", "emc", "modes_hit", "mode_weight_error"]
-    keys += ["quantile_error", "log_z_error"]
+    keys += ["quantile_error", "log_z_error", "max_mean_error", "max_log_sd_ratio"]
     labels = ["n", "Sinkhorn", "converged", "Sinkhorn div.", "MMD^2", "EMC"]
     labels += ["modes hit", "max mode weight error", "max quantile error (x0)"]
-    labels += ["abs. log Z error"]
+    labels += ["abs. log Z error", "max mean err", "max log sd ratio"]
     present = [k for k in keys if any(k in r["metrics"] for r in target["rows"])]
     header = ["method"] + [labels[keys.index(k)] for k in present]
     with_weights = any("weights" in r["info"] for r in target["rows"])
@@ -326,7 +327,7 @@ def render_results(results: dict) -> str:
         ]
         lines += _sinkhorn_summary(synthetic)
         for name, target in synthetic.items():
-            lines += _synthetic_details(name, target)
+            lines += _details(name, target)
     if others:
         lines += [
             "### Worst standardised mean error and worst |log sd ratio| over the "
@@ -334,6 +335,8 @@ def render_results(results: dict) -> str:
             "",
         ]
         lines += _reference_table(others)
+        for name, target in others.items():
+            lines += [""] + _details(name, target)
     return "\n".join(lines)
 
 
