@@ -223,10 +223,10 @@ def simulate_reference(
 
 
 def _terminal_logdensity(process, num_steps, x):
+    """``log N(x; 0, v_N I)`` of each row of ``x``: the reference chain's end."""
     variance = process.terminal_variance(num_steps)
-    return jax.vmap(standard_normal_logdensity)(x / jnp.sqrt(variance)) - 0.5 * x.shape[
-        -1
-    ] * jnp.log(variance)
+    log_det = 0.5 * x.shape[-1] * jnp.log(variance)
+    return jax.vmap(standard_normal_logdensity)(x / jnp.sqrt(variance)) - log_det
 
 
 def draw_reference(
