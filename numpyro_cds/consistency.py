@@ -434,16 +434,21 @@ def draw_network(
 
 
 def network_sampler(
-    logdensity_fn: Callable, config: ConsistencyConfig, schedule: AbstractSchedule
+    logdensity_fn: Callable,
+    config: ConsistencyConfig,
+    schedule: AbstractSchedule,
+    draw: Callable | None = None,
 ) -> Callable:
     """The ``sample`` function of a :class:`SamplerAlgorithm` for one target.
 
     ``sample(rng_key, params, static, num_samples, num_steps, log_density=None)`` is
-    :func:`draw_network` with the network ``eqx.combine(params, static)``.
+    ``draw`` (:func:`draw_network` by default; CDDS passes its consistency steps)
+    with the network ``eqx.combine(params, static)``.
     """
+    draw = draw_network if draw is None else draw
 
     def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
-        return draw_network(
+        return draw(
             rng_key,
             eqx.combine(params, static),
             logdensity_fn,

@@ -48,6 +48,7 @@ from .consistency import (
     SamplerAlgorithm,
     SCDSState,
     ema_update,
+    network_sampler,
 )
 from .diffusion import batched_control, sample_prior, target_score_fn
 from .flow import (
@@ -427,17 +428,5 @@ def distillation_sampler(
         new_state = SCDSState(params, ema_params, opt_state, state.iteration + 1)
         return new_state, DistillationInfo(loss, kept)
 
-    def sample(rng_key, params, static, num_samples, num_steps, log_density=None):
-        network = eqx.combine(params, static)
-        return draw_consistency(
-            rng_key,
-            network,
-            logdensity_fn,
-            config,
-            num_samples,
-            num_steps,
-            log_density,
-            schedule,
-        )
-
+    sample = network_sampler(logdensity_fn, config, schedule, draw_consistency)
     return SamplerAlgorithm(init, step, sample, loss_name="distillation_loss")
