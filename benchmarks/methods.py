@@ -280,15 +280,20 @@ def _training_gradient_evaluations(cds: CDSInference) -> int:
     Each iteration moves ``B`` paths by ``N`` steps with a target score per step; the
     SCDS self-consistency term adds one score at the teacher's midpoint per path, and
     the pathwise KL of PIS and DDS one backward pass through ``log rho`` at the path's
-    end.  A CDDS student trained after its own DIS teacher adds the teacher's.
+    end.  A CDDS student trained after its own (DIS or DDS) teacher adds the
+    teacher's.
     """
     config = cds.consistency
-    per_path = config.num_sde_steps + (cds.method in ("scds", "pis", "dds"))
-    losses = cds.training_losses
-    teacher_iterations = len(losses.get("teacher_diffusion_loss", ()))
-    iterations = int(cds.training_iterations) + teacher_iterations
-    return iterations * config.batch_size * per_path + (
-        _whitening_gradient_evaluations(cds)
+
+    def per_path(method):
+        return config.num_sde_steps + (method in ("scds", "pis", "dds"))
+
+    teacher_loss = "kl_loss" if cds.teacher_method == "dds" else "diffusion_loss"
+    teacher_iterations = len(cds.training_losses.get(f"teacher_{teacher_loss}", ()))
+    return (
+        int(cds.training_iterations) * config.batch_size * per_path(cds.method)
+        + teacher_iterations * config.batch_size * per_path(cds.teacher_method)
+        + _whitening_gradient_evaluations(cds)
     )
 
 
@@ -423,16 +428,26 @@ register_method("pis", default=False)(_run_diffusion_sampler("pis", lambda n: (n
 register_method("dds", default=False)(_run_diffusion_sampler("dds", lambda n: (n,)))
 
 
-@register_method("cdds", default=False)
-def run_cdds(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
-    """CDDS (``method="cdds"``, its DIS teacher trained first), rows ``CDDS(k)``.
+def _run_distillation(teacher_method: str, label: str) -> Callable:
+    """A benchmark method running CDDS after its ``teacher_method`` teacher."""
 
-    ``k`` = 1, 2 and 4 consistency steps (re-noised in between).  The budget's
-    settings for the teacher and for the distillation each; the rows' training time
-    and gradients include the teacher's.
-    """
-    options = {**_budget_kwargs(target, budget), "method": "cdds"}
-    return _run_cds(target, budget, rng_key, options, "CDDS", (1, 2, 4))[1]
+    def run(target: BenchmarkTarget, budget: Budget, rng_key) -> list[MethodRun]:
+        options = {**_budget_kwargs(target, budget), "method": "cdds"}
+        options["teacher_method"] = teacher_method
+        return _run_cds(target, budget, rng_key, options, label, (1, 2, 4))[1]
+
+    run.__doc__ = (
+        f"CDDS (``method='cdds'``, its {teacher_method.upper()} teacher trained "
+        f"first), rows ``{label}(k)``: ``k`` = 1, 2 and 4 consistency steps "
+        "(re-noised in between).  The budget's settings for the teacher and for the "
+        "distillation each; the rows' training time and gradients include the "
+        "teacher's."
+    )
+    return run
+
+
+register_method("cdds", default=False)(_run_distillation("dis", "CDDS"))
+register_method("cdds-dds", default=False)(_run_distillation("dds", "CDDS-DDS"))
 
 
 def _whitening_run(cds: CDSInference, budget: Budget, rng_key) -> MethodRun:

@@ -8,7 +8,7 @@ import numpyro
 from numpyro.infer import MCMC, NUTS
 
 from numpyro_cds import CDSInference, ConsistencyConfig, TrainConfig
-from numpyro_cds.session import METHODS
+from numpyro_cds.session import METHODS, TRAINED_TEACHERS
 
 
 def parser_with_common_flags(description, *, num_samples):
@@ -24,8 +24,14 @@ def parser_with_common_flags(description, *, num_samples):
         default="scds",
         choices=list(METHODS),
         help="the sampler (docs/methods.rst): self-consistent, a diffusion sampler "
-        "(DIS, PIS, DDS: SDE draws), or consistency-distilled (CDDS, trains a DIS "
-        "teacher first)",
+        "(DIS, PIS, DDS: SDE draws), or consistency-distilled (CDDS, trains a "
+        "--teacher-method teacher first)",
+    )
+    parser.add_argument(
+        "--teacher-method",
+        default=None,
+        choices=list(TRAINED_TEACHERS),
+        help="with --method cdds: the teacher it trains (None: dis)",
     )
     parser.add_argument(
         "--num-steps",
@@ -94,6 +100,7 @@ def run_inference(model, args, rng_key, *model_args, **options):
         num_samples=args.num_samples,
         num_chains=args.num_chains,
         method=args.method,
+        teacher_method=args.teacher_method,
         num_steps=args.num_steps,
         num_train_steps=args.num_train_steps,
         batch_size=args.batch_size,

@@ -13,6 +13,12 @@ with the standard normal prior ``p_0`` and element-wise clips.  At initialisatio
 ``NN = 0`` and ``s = 1``, so the control is the Langevin-preconditioned interpolated
 score.
 
+A network with ``score_form="gated"`` (DDS's, :mod:`numpyro_cds.reference`) gives
+instead the deviation ``delta = clip(NN) + clip(grad log rho) clip(s(t))`` from the
+Ornstein-Uhlenbeck reference, whose drift ``-beta x / 2`` is ``u = -sigma x`` in this
+convention: ``u = delta - sigma(t) x``.  The same SDE and probability-flow formulas
+then hold for both forms; the flow's drift is DDS's ``sigma delta / 2``.
+
 A control may also be evaluated *without the target score* (``target_score=None``):
 the Langevin term is then the prior score ``-x`` alone, and the probability-flow step
 of an untrained network is the identity at every ``t``.  The samplers use this for
@@ -37,6 +43,7 @@ from .sde import AbstractSchedule, euler_maruyama_step
 __all__ = [
     "control",
     "batched_control",
+    "gated_deviation",
     "target_score_fn",
     "standard_normal_logdensity",
     "sample_prior",
@@ -62,13 +69,22 @@ def target_score_fn(logdensity_fn: Callable) -> Callable:
     return lambda x: jnp.nan_to_num(grad_fn(x), nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def gated_deviation(network, x, embedding, gate, score, clip):
+    """``clip(NN(x)) + clip(score) clip(s)``: a gated-score control's deviation."""
+    output = jnp.clip(network.output(x, embedding), -clip, clip)
+    return output + jnp.clip(score, -clip, clip) * jnp.clip(gate, -clip, clip)
+
+
 def _control_from_conditioning(
     network, schedule, x, t, embedding, gate, score, clip, score_weight=1.0
 ):
-    # (1 - t)(-x) + t score with the target score switched on; -x with it off.
-    output = jnp.clip(network.output(x, embedding), -clip, clip)
     if score is None:
         score, score_weight = jnp.zeros_like(x), 0.0
+    if network.score_form == "gated":
+        delta = gated_deviation(network, x, embedding, gate, score_weight * score, clip)
+        return delta - schedule.sigma(t) * x
+    # (1 - t)(-x) + t score with the target score switched on; -x with it off.
+    output = jnp.clip(network.output(x, embedding), -clip, clip)
     langevin = jnp.clip(-x + score_weight * t * (x + score), -clip, clip)
     return output + schedule.sigma(t) * langevin * jnp.clip(gate, -clip, clip)
 

@@ -1,8 +1,12 @@
 r"""Consistency-distilled diffusion sampler (CDDS): one step from a trained teacher.
 
 A trained diffusion sampler (the *teacher*: DIS, i.e. SCDS without the
-self-consistency loss, or SCDS itself) defines a probability-flow ODE from the prior
-at ``t = 0`` to the target at ``t = 1``.  CDDS (Jutras-Dube et al. 2025) distils its
+self-consistency loss, SCDS itself, or DDS) defines a probability-flow ODE from the
+prior at ``t = 0`` to the target at ``t = 1``: all three learn the time reversal of
+the same VP noising, and their controls enter the same drift
+(:func:`~numpyro_cds.diffusion.control`; a DDS network's gated score form gives
+DDS's flow drift ``sigma delta / 2``).  The student is a copy of the teacher's network,
+so it has the teacher's score form.  CDDS (Jutras-Dube et al. 2025) distils its
 flow map into a *consistency function* ``f(x, t)``, the end point of the flow from
 ``x`` at time ``t``, so that one evaluation ``f(x_0, 0)`` draws.
 

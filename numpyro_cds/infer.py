@@ -38,7 +38,8 @@ __all__ = ["CDSInference"]
 #: The attribute of ``CDSInference`` that holds each field of its ``Settings``.
 _SETTING_ATTRIBUTES = {"consistency": "consistency", "train": "train_config"}
 _SETTING_ATTRIBUTES |= {"monitor": "monitor_config", "whitening": "whitening_spec"}
-_SETTING_ATTRIBUTES |= {f: f for f in ("sampling", "num_steps", "method")}
+_SAME_NAME = ("sampling", "num_steps", "method", "teacher_method")
+_SETTING_ATTRIBUTES |= {f: f for f in _SAME_NAME}
 
 
 class CDSInference(MCMCResults):
@@ -59,9 +60,10 @@ class CDSInference(MCMCResults):
         method: ``"scds"`` (self-consistent, trained from scratch), ``"dis"`` (the
             diffusion sampler alone), ``"pis"`` or ``"dds"`` (diffusion samplers
             trained by KL against a reference process) or ``"cdds"`` (distils
-            ``teacher``; without one, trains a DIS teacher first): :doc:`/methods`.
-        teacher: for ``"cdds"``: ``cds.trained`` of a trained sampler of this model,
-            or the path of one saved with :meth:`save`.
+            ``teacher``, or trains one first): :doc:`/methods`.
+        teacher: for ``"cdds"``: ``cds.trained`` of a DIS, SCDS or DDS sampler of
+            this model, or the path of one saved with :meth:`save`.
+        teacher_method: the teacher ``"cdds"`` trains: ``"dis"`` (None) or ``"dds"``.
         num_steps: steps per draw (1, 2, 4, ..., ``num_sde_steps``); None: the
             method's (``num_sde_steps`` for DIS, PIS and DDS, else 1).
         sampling: ``"flow"`` (probability-flow steps, change-of-variables weights) or
@@ -111,6 +113,7 @@ class CDSInference(MCMCResults):
         num_chains: int = 1,
         method: str = "scds",
         teacher: TrainedSampler | str | os.PathLike | None = None,
+        teacher_method: str | None = None,
         num_steps: int | None = None,
         sampling: str | None = None,
         num_train_steps: int | None = None,
@@ -144,6 +147,8 @@ class CDSInference(MCMCResults):
             sampling=sampling,
             num_steps=num_steps,
             method=method,
+            teacher_method=teacher_method,
+            has_teacher=teacher is not None,
             batch_size=batch_size,
             num_sde_steps=num_sde_steps,
             num_train_steps=num_train_steps,
@@ -167,11 +172,10 @@ class CDSInference(MCMCResults):
     def warmup(self, rng_key, *args, **kwargs) -> None:
         """Fit the whitening and train the sampler (NumPyro's warm-up analogue).
 
-        Training for the same model arguments and settings resumes where it stopped:
-        if it was interrupted (Ctrl-C), calling ``warmup`` or ``run`` again continues
-        from the last completed chunk and gives the same result as an uninterrupted
-        run.  Other arguments (their contents decide: data changed in place are new
-        data) or settings start a new training.
+        An interrupted training (Ctrl-C) resumes from its last completed chunk when
+        ``warmup`` or ``run`` is called again with the same arguments and settings,
+        with the result of an uninterrupted run.  Other arguments (data changed in
+        place are new data) or settings start a new training.
         """
         rng_key = as_key(rng_key)
         args, kwargs = frozen_arguments(args, kwargs)
@@ -197,10 +201,9 @@ class CDSInference(MCMCResults):
     def save(self, path: str | os.PathLike) -> None:
         """Write the trained sampler to ``path`` (a JSON header and ``.npy`` arrays).
 
-        The file holds :attr:`trained`, every setting, the unconstrained sites'
-        names and shapes, and a fingerprint of the model arguments; :meth:`load`
-        reads it back for the same model and data and draws exactly what this object
-        draws.  It is never a pickle: reading it runs no code.
+        The file holds :attr:`trained`, every setting, the unconstrained sites and
+        a fingerprint of the model arguments; :meth:`load` reads it back for the same
+        model and data and draws exactly what this object draws.  It is no pickle.
         """
         self._require_trained()
         save_session(os.fspath(path), self._session, self.monitor_config.keep_best)
@@ -237,9 +240,8 @@ class CDSInference(MCMCResults):
     ):
         """Draw more samples from the trained sampler, without retraining.
 
-        The draws are the sampler's own (``num_steps`` network evaluations each), not
-        corrected: weight them with ``log_weights=True`` or use :meth:`run`, which
-        applies ``correction``.
+        The sampler's own draws (``num_steps`` network evaluations each), without
+        ``correction`` (:meth:`run` applies it); ``log_weights=True`` weighs them.
 
         Args:
             rng_key: PRNG key.
@@ -252,8 +254,7 @@ class CDSInference(MCMCResults):
         Returns:
             Dict of constrained latent and deterministic sites, leading axis
             ``num_samples``; with ``log_weights=True``, the pair ``(samples,
-            log_weights)`` (see :func:`~numpyro_cds.correction.checked_draws`: NaN
-            model log densities and folding flow steps warn).
+            log_weights)`` (NaN log densities and folding steps warn).
         """
         self._require_trained()
         key, trained = as_key(rng_key), self.trained
@@ -274,8 +275,7 @@ class CDSInference(MCMCResults):
             extra_fields: as for ``MCMC.run``: names among
                 :data:`~numpyro_cds.results.EXTRA_FIELDS`, which are always
                 collected (the names are checked, not passed to the model).
-            init_params: not supported (the draws are independent, there are no
-                chains to start); must be None.
+            init_params: must be None (independent draws have no chains to start).
             **kwargs: keyword arguments of the model.
 
         Raises:

@@ -4,8 +4,9 @@ The control network follows the FourierMLP of the SCDS/DIS reference design: the
 is embedded by a linear layer, Fourier embeddings of the time ``t`` and of the step size
 ``d`` are added, two GELU hidden layers follow, and a zero-initialised output layer
 makes the learned part of the control exactly zero at initialisation.  A separate
-scalar time embedding (last weight 0, bias 1) is the gate on the Langevin term, see
-:func:`numpyro_cds.diffusion.control`.
+scalar time embedding (last weight 0) is the gate on the target score's term; how that
+term enters the control is the network's ``score_form`` (see
+:func:`numpyro_cds.diffusion.control`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-__all__ = ["TimeEmbedding", "ControlNetwork"]
+__all__ = ["SCORE_FORMS", "TimeEmbedding", "ControlNetwork"]
+
+#: How the gated target score enters the control: ``"langevin"`` (DIS and SCDS: the
+#: interpolation ``(1 - t)(-x) + t grad log rho``) or ``"gated"`` (PIS and DDS: the
+#: target score itself, on top of the reference process's drift).
+SCORE_FORMS = ("langevin", "gated")
 
 
 def _zero_last_layer(layer: eqx.nn.Linear, bias: float) -> eqx.nn.Linear:
@@ -94,6 +100,7 @@ class ControlNetwork(eqx.Module):
         depth: number of hidden layers.
         gate_bias: initial value of the gate ``s(t)`` (1 for the Langevin gate of
             DIS and SCDS; PIS and DDS start their score gate at 0.01).
+        score_form: one of :data:`SCORE_FORMS`.
         key: PRNG key for the initialisation.
 
     Example:
@@ -110,6 +117,7 @@ class ControlNetwork(eqx.Module):
     hidden_layers: tuple[eqx.nn.Linear, ...]
     output_layer: eqx.nn.Linear
     gate: TimeEmbedding
+    score_form: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -118,8 +126,14 @@ class ControlNetwork(eqx.Module):
         width: int = 64,
         depth: int = 2,
         gate_bias: float = 1.0,
+        score_form: str = "langevin",
         key: PRNGKeyArray,
     ):
+        if score_form not in SCORE_FORMS:
+            raise ValueError(
+                f"score_form must be one of {SCORE_FORMS}; got {score_form!r}."
+            )
+        self.score_form = score_form
         keys = jax.random.split(key, depth + 5)
         self.input_layer = eqx.nn.Linear(dim, width, key=keys[0])
         self.time_embedding = TimeEmbedding(width, 2, width=width, key=keys[1])

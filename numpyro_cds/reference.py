@@ -62,6 +62,7 @@ from .consistency import (
     ema_update,
 )
 from .diffusion import (
+    gated_deviation,
     sample_prior,
     standard_normal_logdensity,
     target_score_fn,
@@ -152,11 +153,6 @@ class ReferenceInfo(NamedTuple):
     kept_fraction: Array
 
 
-def _deviation(network, x, embedding, gate, score, clip):
-    output = jnp.clip(network.output(x, embedding), -clip, clip)
-    return output + jnp.clip(score, -clip, clip) * jnp.clip(gate, -clip, clip)
-
-
 class _Path(NamedTuple):
     x: Array
     log_prior_ratio: Array
@@ -205,9 +201,9 @@ def simulate_reference(
         t, key = inputs
         scores = jax.lax.stop_gradient(score_fn(x))
         embedding, gate = network.conditioning(t, dt)
-        delta = jax.vmap(lambda x, s: _deviation(network, x, embedding, gate, s, clip))(
-            x, scores
-        )
+        delta = jax.vmap(
+            lambda x, s: gated_deviation(network, x, embedding, gate, s, clip)
+        )(x, scores)
         f, sigma, g = process.coefficients(t)
         noise = jnp.sqrt(dt) * jax.random.normal(key, x.shape, x.dtype)
         running = running + 0.5 * jnp.sum(delta**2, -1) * dt
@@ -320,6 +316,7 @@ def reference_sampler(
             width=config.width,
             depth=config.depth,
             gate_bias=GATE_BIAS,
+            score_form="gated",
             key=rng_key,
         )
         params, static = eqx.partition(network, eqx.is_inexact_array)

@@ -63,6 +63,8 @@ from .whitening import (
 METHODS = ("scds", "dis", "cdds", *REFERENCE_METHODS)
 #: The methods that are diffusion samplers: they draw with their SDE by default.
 DIFFUSION_METHODS = ("dis", *REFERENCE_METHODS)
+#: The teachers CDDS can train itself, before distilling them.
+TRAINED_TEACHERS = ("dis", "dds")
 
 __all__ = [
     "DIFFUSION_METHODS",
@@ -70,6 +72,7 @@ __all__ = [
     "DistillationSession",
     "METHODS",
     "Settings",
+    "TRAINED_TEACHERS",
     "TrainingSession",
     "LoadedSession",
     "open_session",
@@ -91,6 +94,8 @@ class Settings:
         sampling: ``"flow"`` or ``"sde"``.
         num_steps: steps per draw.
         method: one of :data:`METHODS`.
+        teacher_method: the method of the teacher a CDDS training trains first when
+            it is given none, one of :data:`TRAINED_TEACHERS`.
     """
 
     consistency: ConsistencyConfig
@@ -100,10 +105,16 @@ class Settings:
     sampling: str
     num_steps: int
     method: str = "scds"
+    teacher_method: str = "dis"
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}; got {self.method!r}.")
+        if self.teacher_method not in TRAINED_TEACHERS:
+            raise ValueError(
+                f"teacher_method must be one of {TRAINED_TEACHERS}; got "
+                f"{self.teacher_method!r}."
+            )
         steps = check_num_steps(self.num_steps, self.consistency.num_sde_steps)
         object.__setattr__(self, "num_steps", steps)
         if self.method == "cdds" and self.sampling != "flow":
@@ -139,6 +150,8 @@ class Settings:
         sampling: str | None,
         num_steps: int | None,
         method: str = "scds",
+        teacher_method: str | None = None,
+        has_teacher: bool = False,
         **overrides,
     ) -> Settings:
         """The settings from ``CDSInference``'s keywords.
@@ -148,7 +161,14 @@ class Settings:
         ``num_train_steps``, ``learning_rate`` and ``chunk_size`` of ``train``.
         ``sampling`` and ``num_steps`` None are the method's: ``N`` Euler-Maruyama
         steps for DIS (a diffusion sampler), one probability-flow step otherwise.
+        ``teacher_method`` None is DIS; it cannot be given with a teacher
+        (``has_teacher``), which has its own method.
         """
+        if has_teacher and teacher_method is not None:
+            raise ValueError(
+                "teacher_method chooses the teacher CDDS trains when it is given "
+                "none; a teacher= was given: pass one or the other."
+            )
         names = {"consistency": ("batch_size", "num_sde_steps")}
         names["train"] = ("num_train_steps", "learning_rate", "chunk_size")
         configs = {
@@ -172,6 +192,7 @@ class Settings:
             sampling=sampling,
             num_steps=num_steps,
             method=method,
+            teacher_method="dis" if teacher_method is None else teacher_method,
         )
 
     @property
@@ -209,6 +230,7 @@ class Settings:
             "sampling": self.sampling,
             "num_steps": self.num_steps,
             "method": self.method,
+            "teacher_method": self.teacher_method,
         }
         return json.loads(json.dumps(settings))
 
@@ -224,6 +246,8 @@ class Settings:
             sampling=fields["sampling"],
             num_steps=fields["num_steps"],
             method=fields.get("method", "scds"),
+            # Files from before the option: every CDDS teacher was DIS.
+            teacher_method=fields.get("teacher_method", "dis"),
         )
 
 
@@ -598,6 +622,7 @@ def saved_keywords(path: str, drawing: dict) -> dict:
         "monitor": settings.monitor,
         "num_steps": settings.num_steps,
         "method": settings.method,
+        "teacher_method": settings.teacher_method,
         **drawing,
     }
 
@@ -623,9 +648,10 @@ def open_session(
 
 
 class DistillationSession:
-    """CDDS without a given teacher: a DIS teacher is trained first, then distilled.
+    """CDDS without a given teacher: a teacher is trained first, then distilled.
 
-    The teacher has the same settings but ``method="dis"`` (its checkpoint, if any, is
+    The teacher has the same settings but ``method=settings.teacher_method`` (DIS by
+    default, or DDS) and draws with its SDE (its checkpoint, if any, is
     ``checkpoint + ".teacher"``); the student then trains as a :class:`TrainingSession`
     with the teacher's best snapshot, ``num_train_steps`` iterations more.  Both resume
     after an interruption.  The draws, losses and snapshot are the student's; the
@@ -638,7 +664,7 @@ class DistillationSession:
         self.settings = settings
         teacher_settings = dataclasses.replace(
             settings,
-            method="dis",
+            method=settings.teacher_method,
             sampling="sde",
             num_steps=settings.consistency.num_sde_steps,
         )
@@ -680,7 +706,8 @@ class DistillationSession:
             )
         diagnoses = [self.student.train(progress_bar)]
         if teacher_diagnosis is not None:
-            diagnoses.insert(0, f"The DIS teacher: {teacher_diagnosis}")
+            teacher = self.settings.teacher_method.upper()
+            diagnoses.insert(0, f"The {teacher} teacher: {teacher_diagnosis}")
         return " ".join(d for d in diagnoses if d is not None) or None
 
     @property

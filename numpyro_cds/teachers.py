@@ -1,11 +1,12 @@
 """Teachers of the consistency distillation: where they come from, what they must be.
 
 A CDDS student distils a trained sampler, its *teacher*: a
-:class:`~numpyro_cds.trained.TrainedSampler` in memory (``cds.trained`` of a DIS or
-SCDS ``CDSInference``) or the path of one saved by ``cds.save``.  A saved teacher is
-checked against the model and data like any saved sampler (another model's, or other
-data's, is refused with the difference named); either kind must have the student's
-network shape and fine steps, since the student starts as a copy of it.
+:class:`~numpyro_cds.trained.TrainedSampler` in memory (``cds.trained`` of a DIS,
+SCDS or DDS ``CDSInference``) or the path of one saved by ``cds.save``.  A saved
+teacher is checked against the model and data like any saved sampler (another
+model's, or other data's, is refused with the difference named); either kind must
+have the student's network shape and fine steps, since the student starts as a copy
+of it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ __all__ = [
     "sampler_fingerprint",
 ]
 
-#: The methods whose samplers can teach: their control defines a probability flow.
-TEACHER_METHODS = ("dis", "scds")
+#: The methods whose samplers can teach: their control defines a probability flow
+#: (the time reversal of the VP noising, whose marginals it shares).  PIS's does not.
+TEACHER_METHODS = ("dis", "scds", "dds")
 #: Settings the student shares with its teacher (it starts as a copy of its network).
 TEACHER_FIELDS = ("num_sde_steps", "width", "depth")
 
@@ -83,8 +85,8 @@ def resolve_teacher(
     if teacher.method not in TEACHER_METHODS:
         raise ValueError(
             f"A {teacher.method.upper()} sampler cannot be a CDDS teacher: CDDS "
-            "distils the probability-flow ODE of a DIS or SCDS sampler. Pass one of "
-            "those (or no teacher: CDDS then trains a DIS teacher)."
+            "distils the probability-flow ODE of a DIS, SCDS or DDS sampler. Pass "
+            "one of those (or no teacher: CDDS then trains one, teacher_method)."
         )
     if teacher.dim != target.dim:
         raise ValueError(

@@ -222,8 +222,8 @@ def save_trained(path: str, sampler: TrainedSampler, header: dict) -> None:
     """Write ``sampler`` and ``header`` to ``path`` (checkpoint format, no pickle).
 
     The header gets the fields needed to rebuild the arrays' template: the dimension,
-    the sampler's settings, its sampling kind and snapshot iteration, and the shape
-    of the whitening's scale.
+    the sampler's settings, its sampling kind and snapshot iteration, its network's
+    score form and the shape of the whitening's scale.
     """
     header = {
         **header,
@@ -232,6 +232,7 @@ def save_trained(path: str, sampler: TrainedSampler, header: dict) -> None:
         "consistency": dataclasses.asdict(sampler.config),
         "sampling": sampler.sampling,
         "method": sampler.method,
+        "score_form": sampler.network.score_form,
         "snapshot_iteration": int(sampler.iteration),
         "whitening_scale_shape": list(sampler.whitening.scale.shape),
     }
@@ -277,10 +278,15 @@ def load_trained(path: str, expected: dict) -> tuple[TrainedSampler, dict]:
         dim = int(header["dim"])
         shape = tuple(header["whitening_scale_shape"])
         method = str(header["method"])
+        score_form = str(header["score_form"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"Saved sampler {path!r} is damaged: {error}") from None
     network = ControlNetwork(
-        dim, width=config.width, depth=config.depth, key=jax.random.key(0)
+        dim,
+        width=config.width,
+        depth=config.depth,
+        score_form=score_form,
+        key=jax.random.key(0),
     )
     whitening = AffineWhitening(jnp.zeros(dim), jnp.zeros(shape))
     like = {"network": network, "whitening": whitening}

@@ -60,7 +60,7 @@ def trained_eight_schools():
     return cds
 
 
-def perturbed_network(dim, scale, key, gate_bias=1.0):
+def perturbed_network(dim, scale, key, gate_bias=1.0, score_form="langevin"):
     """A width-16 control network with every weight (output layer and gate included)
     perturbed from its start by ``scale`` times standard normals: an arbitrary,
     non-optimal control."""
@@ -68,7 +68,9 @@ def perturbed_network(dim, scale, key, gate_bias=1.0):
 
     from numpyro_cds.networks import ControlNetwork
 
-    network = ControlNetwork(dim, width=16, gate_bias=gate_bias, key=key)
+    network = ControlNetwork(
+        dim, width=16, gate_bias=gate_bias, score_form=score_form, key=key
+    )
     params, static = eqx.partition(network, eqx.is_inexact_array)
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))

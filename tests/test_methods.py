@@ -183,3 +183,27 @@ def test_cdds_without_a_teacher_trains_a_dis_teacher_first():
     assert len(cds.training_losses["teacher_diffusion_loss"]) == 10
     assert {"teacher_training", "training", "sampling"} <= set(cds.timings)
     assert np.isfinite(cds.log_evidence()[0])
+
+
+def test_cdds_trains_a_dds_teacher_when_asked_and_keeps_its_score_form(tmp_path):
+    cds = CDSInference(eight_schools, method="cdds", teacher_method="dds", **TINY)
+    cds.run(jax.random.key(2), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
+    assert len(cds.training_losses["teacher_kl_loss"]) == 10
+    # The student is a copy of the DDS network: its gated score form draws.
+    assert cds.trained.network.score_form == "gated"
+    assert np.isfinite(cds.log_evidence()[0])
+    path = str(tmp_path / "cdds.cds")
+    cds.save(path)
+    loaded = CDSInference.load(path, eight_schools, num_samples=40, correction=None)
+    loaded.run(jax.random.key(2), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
+    assert loaded.trained.network.score_form == "gated"
+    assert loaded.teacher_method == "dds"
+    np.testing.assert_array_equal(
+        loaded.get_extra_fields()["log_weight"], cds.get_extra_fields()["log_weight"]
+    )
+    with pytest.raises(ValueError, match="teacher_method must be one of"):
+        CDSInference(eight_schools, method="cdds", teacher_method="pis")
+    with pytest.raises(ValueError, match="pass one or the other"):
+        CDSInference(
+            eight_schools, method="cdds", teacher=cds.trained, teacher_method="dds"
+        )

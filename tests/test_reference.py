@@ -15,6 +15,7 @@ from scipy.special import erf
 
 from numpyro_cds import CDSInference
 from numpyro_cds.consistency import ConsistencyConfig
+from numpyro_cds.diffusion import control, gated_deviation
 from numpyro_cds.networks import ControlNetwork
 from numpyro_cds.reference import (
     GATE_BIAS,
@@ -22,6 +23,7 @@ from numpyro_cds.reference import (
     draw_reference,
     reference_sampler,
 )
+from numpyro_cds.sde import LinearSchedule, probability_flow_drift
 from numpyro_cds.teachers import resolve_teacher
 from numpyro_cds.train import fit
 from numpyro_cds.trained import TrainedSampler
@@ -152,8 +154,39 @@ def test_pis_and_dds_refuse_flow_draws_and_teaching():
     network = ControlNetwork(DIM, width=8, key=jax.random.key(0))
     whitening = AffineWhitening(jnp.zeros(DIM), jnp.ones(DIM))
     config = ConsistencyConfig(num_sde_steps=4, width=8)
+    with pytest.raises(ValueError, match="score_form must be one of"):
+        ControlNetwork(DIM, score_form="score", key=jax.random.key(0))
     with pytest.raises(ValueError, match="sampling must be 'sde'"):
         TrainedSampler(network, whitening, config, "flow", method="pis")
     teacher = TrainedSampler(network, whitening, config, "sde", method="pis")
     with pytest.raises(ValueError, match="cannot be a CDDS teacher"):
         resolve_teacher(teacher, None, None, None)
+
+
+def test_a_dds_network_gives_the_dds_drifts_through_the_common_control():
+    """The gated score form in the DIS convention ``u = delta - sigma x``: the SDE
+    drift is DDS's ``f x + sigma (g x + delta)``, the flow drift ``sigma delta / 2``."""
+    network = perturbed_network(
+        DIM, 0.3, jax.random.key(5), gate_bias=GATE_BIAS, score_form="gated"
+    )
+    process, schedule = ReferenceProcess("dds"), LinearSchedule()
+    x = jax.random.normal(jax.random.key(6), (DIM,))
+    score, clip, dt = jax.grad(gaussian)(x), jnp.asarray(10.0), 1.0 / 16
+    for t in (0.0, 0.3, 0.9):
+        embedding, gate = network.conditioning(t, dt)
+        delta = gated_deviation(network, x, embedding, gate, score, clip)
+        assert float(jnp.abs(delta).max()) > 0.1  # the network's part is not zero
+        f, sigma, g = process.coefficients(t)
+        u = control(network, schedule, x, t, dt, score, clip)
+        np.testing.assert_allclose(
+            0.5 * schedule.beta(t) * x + schedule.sigma(t) * u,
+            f * x + sigma * (g * x + delta),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            probability_flow_drift(schedule, x, t, u),
+            0.5 * sigma * delta,
+            rtol=1e-5,
+            atol=1e-6,
+        )
