@@ -186,7 +186,9 @@ def test_cdds_without_a_teacher_trains_a_dis_teacher_first():
 
 
 def test_cdds_trains_a_dds_teacher_when_asked_and_keeps_its_score_form(tmp_path):
-    cds = CDSInference(eight_schools, method="cdds", teacher_method="dds", **TINY)
+    cds = CDSInference(
+        eight_schools, method="cdds", teacher_method="dds", whitening=None, **TINY
+    )
     cds.run(jax.random.key(2), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
     assert len(cds.training_losses["teacher_kl_loss"]) == 10
     # The student is a copy of the DDS network: its gated score form draws.
