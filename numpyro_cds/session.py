@@ -161,13 +161,15 @@ class Settings:
         ``num_train_steps``, ``learning_rate`` and ``chunk_size`` of ``train``.
         ``sampling`` and ``num_steps`` None are the method's: ``N`` Euler-Maruyama
         steps for DIS (a diffusion sampler), one probability-flow step otherwise.
-        ``teacher_method`` None is DIS; it cannot be given with a teacher
-        (``has_teacher``), which has its own method.
+        ``teacher_method`` None is DIS; it is refused with a teacher (``has_teacher``,
+        which has its own method) and with any other method than CDDS.
         """
-        if has_teacher and teacher_method is not None:
+        if teacher_method is not None and (has_teacher or method != "cdds"):
             raise ValueError(
-                "teacher_method chooses the teacher CDDS trains when it is given "
-                "none; a teacher= was given: pass one or the other."
+                "teacher_method chooses the teacher method='cdds' trains when it is "
+                f"given none; got method={method!r}"
+                + (" and a teacher=" if has_teacher else "")
+                + ": pass teacher_method only with method='cdds' and no teacher."
             )
         names = {"consistency": ("batch_size", "num_sde_steps")}
         names["train"] = ("num_train_steps", "learning_rate", "chunk_size")
@@ -614,6 +616,7 @@ def saved_keywords(path: str, drawing: dict) -> dict:
             "new CDSInference to change them."
         )
     settings = read_saved_settings(path)
+    distilled = settings.method == "cdds"  # the only method with a teacher_method
     return {
         "sampling": settings.sampling,
         "whitening": settings.whitening,
@@ -622,7 +625,7 @@ def saved_keywords(path: str, drawing: dict) -> dict:
         "monitor": settings.monitor,
         "num_steps": settings.num_steps,
         "method": settings.method,
-        "teacher_method": settings.teacher_method,
+        "teacher_method": settings.teacher_method if distilled else None,
         **drawing,
     }
 

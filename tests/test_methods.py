@@ -205,7 +205,9 @@ def test_cdds_trains_a_dds_teacher_when_asked_and_keeps_its_score_form(tmp_path)
     )
     with pytest.raises(ValueError, match="teacher_method must be one of"):
         CDSInference(eight_schools, method="cdds", teacher_method="pis")
-    with pytest.raises(ValueError, match="pass one or the other"):
+    with pytest.raises(ValueError, match="and a teacher="):
         CDSInference(
             eight_schools, method="cdds", teacher=cds.trained, teacher_method="dds"
         )
+    with pytest.raises(ValueError, match="only with method='cdds'"):
+        CDSInference(eight_schools, method="scds", teacher_method="dds")
