@@ -217,12 +217,13 @@ def render_markdown(results):
     """The BENCHMARKS.md section of the core figures."""
     m = results["machine"]
     lines = [
-        "## Core (issue: NumPyro model in, one-step SCDS sampler out)",
+        "## Core (issue: NumPyro model in, one-step sampler out)",
         "",
         f"Machine: {m['processor']}, {m['cores']} cores, JAX {m['jax']} on "
         f"{m['backend']}; {m['date']}. One seed ({results['seed']}); "
         f"{NUM_DRAWS} draws per figure unless stated. CPU budget: the CDSInference "
-        "defaults (8000 iterations, batch 256, 64 SDE steps).",
+        "defaults (CDDS after a DDS teacher, 4000 iterations each, batch 256, 64 SDE "
+        "steps).",
         "",
     ]
     es = results.get("eight_schools")

@@ -176,13 +176,20 @@ def _cost_columns(row: dict) -> list:
 
 
 def _weights_cell(row: dict | None) -> str | None:
-    """``log Z +- se / ESS / k-hat`` of a row with an importance-weight summary."""
+    """``log Z +- se / ESS / k-hat`` of a row with an importance-weight summary.
+
+    ``(folds)`` follows where a flow step folded space (the weights are not exact).
+    """
     weights = None if row is None else row["info"].get("weights")
     if weights is None:
         return None
+    folds = any(
+        "fold space" in message for message in row["info"].get("unreliable", [])
+    )
     return (
         f"{weights['log_evidence']:.3f} +- {weights['standard_error']:.3f} / "
         f"{weights['ess']:.3g} / {weights['pareto_k']:.2f}"
+        + (" (folds)" if folds else "")
     )
 
 

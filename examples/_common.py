@@ -21,17 +21,17 @@ def parser_with_common_flags(description, *, num_samples):
     parser.add_argument("--num-chains", type=int, default=1, help="groups of draws")
     parser.add_argument(
         "--method",
-        default="scds",
+        default="cdds",
         choices=list(METHODS),
-        help="the sampler (docs/methods.rst): self-consistent, a diffusion sampler "
-        "(DIS, PIS, DDS: SDE draws), or consistency-distilled (CDDS, trains a "
-        "--teacher-method teacher first)",
+        help="the sampler (docs/methods.rst): consistency-distilled (CDDS, trains a "
+        "--teacher-method teacher first), self-consistent (SCDS), or a diffusion "
+        "sampler (DIS, PIS, DDS: SDE draws)",
     )
     parser.add_argument(
         "--teacher-method",
         default=None,
         choices=list(TRAINED_TEACHERS),
-        help="with --method cdds: the teacher it trains (None: dis)",
+        help="with --method cdds: the teacher it trains (None: dds)",
     )
     parser.add_argument(
         "--num-steps",

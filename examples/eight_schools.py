@@ -6,10 +6,10 @@ eight schools, partially pooled through a population mean ``mu`` and scale ``tau
 It is written in the non-centered parameterisation (``theta = mu + tau * theta_tilde``),
 as in posteriordb's ``eight_schools_noncentered``.
 
-``CDSInference`` fits a whitening, trains a self-consistent diffusion sampler and draws
-with one network evaluation per sample.  ``--compare-nuts`` runs NUTS on the same model
-and saves a plot of both; ``--posteriordb PATH`` compares both with posteriordb's
-reference draws.
+``CDSInference`` fits a whitening, trains a diffusion sampler, distils it into a
+consistency function and draws with one network evaluation per sample.
+``--compare-nuts`` runs NUTS on the same model and saves a plot of both;
+``--posteriordb PATH`` compares both with posteriordb's reference draws.
 
 References:
     Rubin, D. B. (1981). Estimation in parallel randomized experiments.

@@ -356,7 +356,7 @@ def distillation_sampler(
     optimizer: optax.GradientTransformation,
     schedule: AbstractSchedule | None = None,
     *,
-    gap: int = 4,
+    gap: int | None = None,
 ) -> SamplerAlgorithm:
     """Build the CDDS ``init``, ``step`` and ``sample`` functions for one teacher.
 
@@ -370,7 +370,7 @@ def distillation_sampler(
         schedule: the teacher's noise schedule (:class:`~numpyro_cds.sde.
             LinearSchedule` by default).
         gap: fine teacher steps between the two states of a pair; a power of two
-            dividing ``num_sde_steps``.
+            dividing ``num_sde_steps``.  None: 4, or ``num_sde_steps`` if fewer.
 
     Returns:
         ``init(rng_key) -> (state, static)`` (the student starts as the teacher);
@@ -382,6 +382,7 @@ def distillation_sampler(
         ValueError: ``gap`` does not divide ``num_sde_steps``.
     """
     num_steps = config.num_sde_steps
+    gap = min(4, num_steps) if gap is None else gap
     if not (isinstance(gap, int) and gap >= 1 and num_steps % gap == 0):
         raise ValueError(
             f"gap must be a positive divisor of num_sde_steps={num_steps}; got {gap!r}."

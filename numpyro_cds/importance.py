@@ -25,6 +25,7 @@ from scipy.special import logsumexp
 
 __all__ = [
     "KHAT_THRESHOLD",
+    "NEGLIGIBLE_WEIGHT_RATIO",
     "ImportanceSummary",
     "log_evidence",
     "importance_ess",
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 KHAT_THRESHOLD = 0.7
+#: Weights whose largest is at most this many times their mean are all but equal: the
+#: Pareto fit to their tail then fits rounding-level noise, and its k-hat says nothing.
+NEGLIGIBLE_WEIGHT_RATIO = 1.05
 
 
 class ImportanceSummary(NamedTuple):
@@ -46,6 +50,7 @@ class ImportanceSummary(NamedTuple):
         ess: normalised importance ESS in ``(0, 1]``.
         pareto_k: PSIS k-hat.
         num_draws: number of weights.
+        max_weight_ratio: the largest weight over the mean weight.
     """
 
     log_evidence: float
@@ -54,6 +59,21 @@ class ImportanceSummary(NamedTuple):
     ess: float
     pareto_k: float
     num_draws: int
+    max_weight_ratio: float
+
+    @property
+    def reliable(self) -> bool:
+        """k-hat at most :data:`KHAT_THRESHOLD`, or weights all but equal.
+
+        A k-hat above the threshold says the weights' tail looks heavy.  When every
+        weight is within :data:`NEGLIGIBLE_WEIGHT_RATIO` of the mean (a sampler
+        almost exactly the target), that tail is a spread of under 5 % and its fitted
+        shape is noise, not a sign of trouble.
+        """
+        return (
+            self.pareto_k <= KHAT_THRESHOLD
+            or self.max_weight_ratio <= NEGLIGIBLE_WEIGHT_RATIO
+        )
 
 
 def _checked(log_weights) -> np.ndarray:
@@ -132,6 +152,11 @@ def summarize_weights(log_weights) -> ImportanceSummary:
         ess=importance_ess(log_weights),
         pareto_k=pareto_khat(log_weights),
         num_draws=log_weights.size,
+        max_weight_ratio=float(
+            np.exp(
+                np.max(log_weights) - logsumexp(log_weights) + np.log(log_weights.size)
+            )
+        ),
     )
 
 

@@ -57,13 +57,13 @@ class CDSInference(MCMCResults):
         model: the NumPyro model.
         num_samples: draws per chain.
         num_chains: "chains" of independent draws, grouped like MCMC output.
-        method: ``"scds"`` (self-consistent, trained from scratch), ``"dis"`` (the
-            diffusion sampler alone), ``"pis"`` or ``"dds"`` (diffusion samplers
-            trained by KL against a reference process) or ``"cdds"`` (distils
-            ``teacher``, or trains one first): :doc:`/methods`.
+        method: ``"cdds"`` (distils ``teacher``, or trains one first: the
+            default), ``"scds"`` (self-consistent, trained from scratch), ``"dis"``
+            (the diffusion sampler alone), ``"pis"`` or ``"dds"`` (diffusion samplers
+            trained by KL against a reference process): :doc:`/methods`.
         teacher: for ``"cdds"``: ``cds.trained`` of a DIS, SCDS or DDS sampler of
             this model, or the path of one saved with :meth:`save`.
-        teacher_method: the teacher ``"cdds"`` trains: ``"dis"`` (None) or ``"dds"``.
+        teacher_method: the teacher ``"cdds"`` trains: ``"dds"`` (None) or ``"dis"``.
         num_steps: steps per draw (1, 2, 4, ..., ``num_sde_steps``); None: the
             method's (``num_sde_steps`` for DIS, PIS and DDS, else 1).
         sampling: ``"flow"`` (probability-flow steps, change-of-variables weights) or
@@ -111,7 +111,7 @@ class CDSInference(MCMCResults):
         *,
         num_samples: int = 1000,
         num_chains: int = 1,
-        method: str = "scds",
+        method: str = "cdds",
         teacher: TrainedSampler | str | os.PathLike | None = None,
         teacher_method: str | None = None,
         num_steps: int | None = None,

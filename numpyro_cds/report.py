@@ -69,8 +69,11 @@ def warn_if_folded(step_signs, num_steps: int, exact_flow: bool, stacklevel: int
 def warn_if_unreliable(
     summary: ImportanceSummary, description: str, correction, stacklevel: int = 4
 ):
-    """Warn when the weights' Pareto k-hat is above :data:`KHAT_THRESHOLD`."""
-    if summary.pareto_k > KHAT_THRESHOLD:
+    """Warn when the weights are not reliable (Pareto k-hat above the threshold).
+
+    See :attr:`~numpyro_cds.importance.ImportanceSummary.reliable`.
+    """
+    if not summary.reliable:
         advice = (
             "raise correction_steps: the corrected draws depend on the MCMC "
             "moves to fix what the sampler misses"
@@ -101,18 +104,33 @@ def summary_text(
     correction,
     correction_steps: int,
     correction_info: dict,
+    teacher: tuple[str, int, float] | None = None,
 ) -> str:
     """The lines ``print_summary`` prints after NumPyro's table.
 
     The final loss is the mean ``loss_name`` loss of the last chunk, as the progress
     bar shows it; the weights' ESS is the normalised one, a fraction of the draws
-    (NumPyro's ``n_eff`` above counts draws).
+    (NumPyro's ``n_eff`` above counts draws).  ``teacher``: the method, iterations and
+    seconds of the teacher a distillation trained first.
     """
     values = losses.get(loss_name, np.array([np.nan]))
     tail = values[-chunk_size:]
-    verdict = "unreliable" if summary.pareto_k > KHAT_THRESHOLD else "ok"
+    verdict = "ok" if summary.reliable else "unreliable"
+    if summary.reliable and summary.pareto_k > KHAT_THRESHOLD:
+        verdict = (
+            f"ok: every weight within {summary.max_weight_ratio:.3f} times their "
+            "mean, so the tail fit is moot"
+        )
+    trained = f"{iterations} training iterations ({seconds:.1f} s)"
+    if teacher is not None:
+        method, teacher_iterations, teacher_seconds = teacher
+        trained = (
+            f"a {method} teacher trained for {teacher_iterations} iterations "
+            f"({teacher_seconds:.1f} s), then {iterations} distillation iterations "
+            f"({seconds:.1f} s)"
+        )
     lines = [
-        f"CDS: {iterations} training iterations ({seconds:.1f} s), final "
+        f"CDS: {trained}, final "
         f"{loss_name.replace('_', ' ')} {np.nanmean(tail):.4g} (mean of the last "
         f"{len(tail)} iterations, as on the progress bar); drawing with the "
         f"snapshot of iteration {snapshot.iteration} (held-out Renyi-1/2 divergence "

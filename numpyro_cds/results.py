@@ -109,6 +109,18 @@ class TrainingResults:
         return self._require_session().trained(self.monitor_config.keep_best)
 
     @property
+    def trained_teacher(self) -> TrainedSampler | None:
+        """The teacher a CDDS run without ``teacher=`` trained, else None.
+
+        Its best snapshot, which the student was distilled from: pass it as
+        ``teacher=`` to distil again (other student settings) without retraining it.
+        """
+        teacher_session = getattr(self._require_session(), "teacher_session", None)
+        if teacher_session is None:
+            return None
+        return teacher_session.trained(keep_best=True)
+
+    @property
     def log_det_method(self) -> str:
         """How log-determinants are computed: ``"exact"`` or ``"stochastic"``."""
         return self.trained.log_det_method
@@ -270,5 +282,15 @@ class MCMCResults(TrainingResults, MCMC):
             correction=self.correction,
             correction_steps=self.correction_steps,
             correction_info=self.correction_info,
+            teacher=self._trained_teacher(),
         )
         print(text)
+
+    def _trained_teacher(self) -> tuple[str, int, float] | None:
+        """Method, iterations and seconds of the teacher this run trained, if any."""
+        if "teacher_training" not in self.timings:
+            return None
+        losses = self.training_losses
+        iterations = max(len(v) for k, v in losses.items() if k.startswith("teacher_"))
+        method = self.settings.teacher_method.upper()
+        return method, iterations, self.timings["teacher_training"]

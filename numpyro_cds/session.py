@@ -104,8 +104,8 @@ class Settings:
     whitening: str | tuple | None
     sampling: str
     num_steps: int
-    method: str = "scds"
-    teacher_method: str = "dis"
+    method: str = "cdds"
+    teacher_method: str = "dds"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -117,21 +117,22 @@ class Settings:
             )
         steps = check_num_steps(self.num_steps, self.consistency.num_sde_steps)
         object.__setattr__(self, "num_steps", steps)
+        if self.sampling not in ("flow", "sde"):
+            raise ValueError(
+                "sampling must be 'flow' (probability-flow steps) or 'sde' "
+                f"(Euler-Maruyama steps with path weights); got {self.sampling!r}."
+            )
         if self.method == "cdds" and self.sampling != "flow":
             raise ValueError(
                 "method='cdds' draws with consistency steps (sampling='flow'); got "
-                f"sampling={self.sampling!r}. For SDE draws use the teacher."
+                f"sampling={self.sampling!r}. For SDE draws train its teacher's "
+                "method instead (method='dds' or 'dis')."
             )
         if self.method in REFERENCE_METHODS and self.sampling != "sde":
             raise ValueError(
                 f"method={self.method!r} draws with its SDE (sampling='sde'); got "
                 f"sampling={self.sampling!r}. Its control has no probability-flow "
                 "form; use method='scds' or 'dis' for flow draws."
-            )
-        if self.sampling not in ("flow", "sde"):
-            raise ValueError(
-                "sampling must be 'flow' (probability-flow steps) or 'sde' "
-                f"(Euler-Maruyama steps with path weights); got {self.sampling!r}."
             )
         spec = self.whitening
         if not (spec is None or spec == "auto" or isinstance(spec, (tuple, list))):
@@ -149,7 +150,7 @@ class Settings:
         whitening: str | tuple | None,
         sampling: str | None,
         num_steps: int | None,
-        method: str = "scds",
+        method: str = "cdds",
         teacher_method: str | None = None,
         has_teacher: bool = False,
         **overrides,
@@ -161,7 +162,7 @@ class Settings:
         ``num_train_steps``, ``learning_rate`` and ``chunk_size`` of ``train``.
         ``sampling`` and ``num_steps`` None are the method's: ``N`` Euler-Maruyama
         steps for DIS (a diffusion sampler), one probability-flow step otherwise.
-        ``teacher_method`` None is DIS; it is refused with a teacher (``has_teacher``,
+        ``teacher_method`` None is DDS; it is refused with a teacher (``has_teacher``,
         which has its own method) and with any other method than CDDS.
         """
         if teacher_method is not None and (has_teacher or method != "cdds"):
@@ -194,7 +195,7 @@ class Settings:
             sampling=sampling,
             num_steps=num_steps,
             method=method,
-            teacher_method="dis" if teacher_method is None else teacher_method,
+            teacher_method="dds" if teacher_method is None else teacher_method,
         )
 
     @property
@@ -653,8 +654,8 @@ def open_session(
 class DistillationSession:
     """CDDS without a given teacher: a teacher is trained first, then distilled.
 
-    The teacher has the same settings but ``method=settings.teacher_method`` (DIS by
-    default, or DDS) and draws with its SDE (its checkpoint, if any, is
+    The teacher has the same settings but ``method=settings.teacher_method`` (DDS by
+    default, or DIS) and draws with its SDE (its checkpoint, if any, is
     ``checkpoint + ".teacher"``); the student then trains as a :class:`TrainingSession`
     with the teacher's best snapshot, ``num_train_steps`` iterations more.  Both resume
     after an interruption.  The draws, losses and snapshot are the student's; the

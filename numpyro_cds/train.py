@@ -26,7 +26,8 @@ class TrainConfig:
     """Optimisation settings.
 
     Attributes:
-        num_train_steps: training iterations (each takes two optimiser updates).
+        num_train_steps: training iterations (two optimiser updates each for SCDS;
+            CDDS trains its teacher and then its student this many each).
         learning_rate: initial Adam learning rate.
         final_learning_rate_fraction: the learning rate decays exponentially to this
             fraction of its initial value at the last iteration.
@@ -36,7 +37,7 @@ class TrainConfig:
         chunk_size: iterations compiled into one ``lax.scan`` (one host sync each).
     """
 
-    num_train_steps: int = 8000
+    num_train_steps: int = 4000
     learning_rate: float = 5e-3
     final_learning_rate_fraction: float = 0.02
     max_grad_norm: float = 1.0

@@ -90,6 +90,19 @@ def test_pareto_khat_separates_light_and_heavy_tails():
     assert pareto_khat(heavy) > 0.7
 
 
+def test_a_heavy_tail_of_all_but_equal_weights_is_not_a_warning():
+    """k-hat measures the tail's shape, whatever its size: weights within 1 % of
+    each other with a heavy-shaped tail (a sampler almost exactly the target, and
+    float rounding) have k-hat > 0.7, but nothing to warn about."""
+    rng = np.random.default_rng(2)
+    pareto = rng.uniform(size=4000) ** (-1 / 0.9)  # Pareto(alpha = 0.9): k = 1.1
+    all_but_equal = summarize_weights(np.log1p(1e-6 * pareto))
+    assert all_but_equal.pareto_k > 0.7 and all_but_equal.max_weight_ratio < 1.05
+    assert all_but_equal.reliable
+    heavy = summarize_weights(np.log(pareto))
+    assert heavy.pareto_k > 0.7 and heavy.max_weight_ratio > 10 and not heavy.reliable
+
+
 def test_psis_resampling_reproduces_weighted_means():
     rng = np.random.default_rng(1)
     draws = rng.normal(size=20000)

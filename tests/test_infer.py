@@ -147,7 +147,9 @@ def test_print_summary(trained_eight_schools, capsys):
     out = capsys.readouterr().out
     assert "mu" in out and "tau" in out and "theta_tilde[0]" in out
     assert "theta[0]" not in out
-    assert "20 training iterations" in out
+    # The default CDDS: its DDS teacher's training, then the student's.
+    assert "a DDS teacher trained for 20 iterations" in out
+    assert "then 20 distillation iterations" in out
     trained_eight_schools.print_summary(exclude_deterministic=False)
     assert "theta[0]" in capsys.readouterr().out
 
@@ -158,7 +160,7 @@ def test_sample_more_without_retraining(trained_eight_schools):
     b = cds.sample(jax.random.key(3), 30, num_steps=2)
     assert a["theta"].shape == (30, 8)
     np.testing.assert_array_equal(a["mu"], b["mu"])
-    assert cds.training_losses["diffusion_loss"].shape == (20,)
+    assert cds.training_losses["distillation_loss"].shape == (20,)
     with pytest.raises(ValueError, match="power of two no larger than"):
         cds.sample(jax.random.key(3), 30, num_steps=8)
 
@@ -250,7 +252,7 @@ def test_interrupted_training_resumes_to_the_same_result(monkeypatch, capsys):
     monkeypatch.setattr(numpyro_cds.session, "fit", _ORIGINAL_FIT)
     cds.run(jax.random.key(0))
     np.testing.assert_array_equal(cds.get_samples()["x"], reference.get_samples()["x"])
-    assert cds.training_losses["diffusion_loss"].shape == (20,)
+    assert cds.training_losses["distillation_loss"].shape == (20,)
 
 
 def test_end_to_end_recovers_moments():
@@ -293,17 +295,21 @@ def test_checkpoint_resumes_in_a_new_object(monkeypatch, tmp_path):
             jax.random.key(0)
         )
     monkeypatch.setattr(numpyro_cds.session, "fit", _ORIGINAL_FIT)
-    assert path.exists()
-    seconds_before = read_header(str(path))["timings"]["training"]
+    # Interrupted while the default CDDS trained its teacher: the teacher's file.
+    teacher_path = tmp_path / "cds.ckpt.teacher"
+    assert teacher_path.exists() and not path.exists()
+    seconds_before = read_header(str(teacher_path))["timings"]["training"]
     assert seconds_before > 0
     fresh = CDSInference(model, num_samples=20, checkpoint=path, **TINY)
     fresh.run(jax.random.key(0))
     # The training clock counts the interrupted process's seconds too.
-    assert fresh.timings["training"] > seconds_before
+    assert fresh.timings["teacher_training"] > seconds_before
+    assert path.exists()  # and the student's, once it trained
     np.testing.assert_array_equal(
         fresh.get_samples()["x"], reference.get_samples()["x"]
     )
-    assert fresh.training_losses["diffusion_loss"].shape == (20,)
+    assert fresh.training_losses["distillation_loss"].shape == (20,)
+    assert fresh.training_losses["teacher_kl_loss"].shape == (20,)
 
     def other_model():
         numpyro.sample("x", dist.Normal(jnp.zeros(3), 1.0))

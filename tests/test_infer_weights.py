@@ -109,7 +109,8 @@ def test_khat_warning_is_quiet_on_a_trained_sampler():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnreliableDrawsWarning)
         cds.run(jax.random.key(2), SHARP_Y)
-    assert cds.weights_summary.pareto_k < 0.7
+    # Its weights are all but equal (k-hat, the shape of their tail, is then moot).
+    assert cds.weights_summary.reliable and cds.weights_summary.ess > 0.9
 
 
 def test_log_weight_is_an_extra_field_and_arviz_sample_stat(trained_eight_schools):
@@ -171,7 +172,9 @@ def test_sample_returns_log_weights_on_request(trained_eight_schools):
     samples, log_weights = cds.sample(jax.random.key(5), 100, 2, log_weights=True)
     assert samples["mu"].shape == (100,) and log_weights.shape == (100,)
     again = cds.sample(jax.random.key(5), 100, 2)
-    np.testing.assert_array_equal(again["mu"], samples["mu"])
+    # The weighted draw runs each step inside a Jacobian computation, which XLA may
+    # round differently in float32: the same draws up to that rounding.
+    np.testing.assert_allclose(again["mu"], samples["mu"], rtol=1e-5, atol=1e-5)
 
 
 def test_stochastic_log_dets_above_the_threshold(monkeypatch, trained_regression):

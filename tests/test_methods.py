@@ -90,6 +90,7 @@ def test_dis_draws_with_its_sde_by_default():
     cds.run(jax.random.key(0), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
     assert np.all(np.isnan(cds.training_losses["consistency_loss"]))
     assert np.isfinite(cds.log_evidence()[0])
+    assert cds.trained_teacher is None  # only a distillation trains a teacher
 
 
 def test_cdds_draws_with_consistency_steps_only():
@@ -100,7 +101,9 @@ def test_cdds_draws_with_consistency_steps_only():
 
 
 def test_cdds_distils_a_given_teacher(trained_eight_schools):
-    teacher = trained_eight_schools.trained
+    # The session's sampler is the default CDDS: its DDS teacher teaches again.
+    teacher = trained_eight_schools.trained_teacher
+    assert teacher.method == "dds"
     cds = CDSInference(eight_schools, method="cdds", teacher=teacher, **TINY)
     cds.run(jax.random.key(1), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
     assert cds.whitening is teacher.whitening  # the teacher's coordinates
@@ -110,12 +113,17 @@ def test_cdds_distils_a_given_teacher(trained_eight_schools):
     # Two consistency steps, re-noised in between, with their auxiliary weights.
     _, log_weights = cds.sample(jax.random.key(2), 40, 2, True)
     assert np.all(np.isfinite(log_weights))
+    student = CDSInference(
+        eight_schools, method="cdds", teacher=trained_eight_schools.trained, **TINY
+    )
+    with pytest.raises(ValueError, match="A CDDS sampler cannot be a CDDS teacher"):
+        student.run(jax.random.key(1), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
 
 
 def test_a_teacher_of_other_settings_or_another_dimension_is_refused(
     trained_eight_schools,
 ):
-    teacher = trained_eight_schools.trained
+    teacher = trained_eight_schools.trained_teacher
     wider = CDSInference(
         eight_schools, method="cdds", teacher=teacher, **dict(TINY, num_sde_steps=8)
     )
@@ -151,11 +159,11 @@ np.save({out!r}, cds.get_extra_fields()["log_weight"])
 """
 
 
-def test_a_saved_teacher_is_distilled_in_a_new_process_and_checked(
-    trained_eight_schools, tmp_path
-):
+def test_a_saved_teacher_is_distilled_in_a_new_process_and_checked(tmp_path):
     path, out = str(tmp_path / "teacher.cds"), str(tmp_path / "log_weights.npy")
-    trained_eight_schools.save(path)
+    teacher = CDSInference(eight_schools, method="dis", **TINY)
+    teacher.run(jax.random.key(0), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
+    teacher.save(path)
     script = _DISTIL_SAVED_TEACHER.format(
         examples=os.path.join(ROOT, "examples"), path=path, out=out
     )
@@ -164,7 +172,7 @@ def test_a_saved_teacher_is_distilled_in_a_new_process_and_checked(
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     in_memory = CDSInference(
-        eight_schools, method="cdds", teacher=trained_eight_schools.trained, **TINY
+        eight_schools, method="cdds", teacher=teacher.trained, **TINY
     )
     in_memory.run(jax.random.key(1), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
     np.testing.assert_array_equal(
@@ -175,8 +183,8 @@ def test_a_saved_teacher_is_distilled_in_a_new_process_and_checked(
         other_data.run(jax.random.key(1), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y + 1)
 
 
-def test_cdds_without_a_teacher_trains_a_dis_teacher_first():
-    cds = CDSInference(eight_schools, method="cdds", **TINY)
+def test_cdds_trains_a_dis_teacher_first_when_asked():
+    cds = CDSInference(eight_schools, method="cdds", teacher_method="dis", **TINY)
     cds.run(jax.random.key(2), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
     assert cds.is_trained and cds.training_iterations == 10
     assert np.all(np.isnan(cds.training_losses["teacher_consistency_loss"]))
@@ -185,12 +193,16 @@ def test_cdds_without_a_teacher_trains_a_dis_teacher_first():
     assert np.isfinite(cds.log_evidence()[0])
 
 
-def test_cdds_trains_a_dds_teacher_when_asked_and_keeps_its_score_form(tmp_path):
+def test_cdds_trains_a_dds_teacher_when_asked_and_keeps_its_score_form(
+    tmp_path, capsys
+):
     cds = CDSInference(
         eight_schools, method="cdds", teacher_method="dds", whitening=None, **TINY
     )
     cds.run(jax.random.key(2), EIGHT_SCHOOLS_SIGMA, y=EIGHT_SCHOOLS_Y)
     assert len(cds.training_losses["teacher_kl_loss"]) == 10
+    cds.print_summary()
+    assert "CDS: a DDS teacher trained for 10 iterations" in capsys.readouterr().out
     # The student is a copy of the DDS network: its gated score form draws.
     assert cds.trained.network.score_form == "gated"
     assert np.isfinite(cds.log_evidence()[0])

@@ -153,6 +153,7 @@ def sde_inference():
     cds = CDSInference(
         _near_prior,
         num_samples=2000,
+        method="scds",
         num_steps=16,
         sampling="sde",
         correction=None,
