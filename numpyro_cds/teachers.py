@@ -79,7 +79,8 @@ def resolve_teacher(
     else:
         raise TypeError(
             "method='cdds' distils a teacher: pass teacher= a TrainedSampler "
-            "(cds.trained of a trained CDSInference) or the path of one saved with "
+            "(cds.trained of a trained DIS, SCDS or DDS CDSInference, or "
+            "cds.trained_teacher of a CDDS one) or the path of one saved with "
             f"cds.save(path); got {type(source).__name__}."
         )
     if teacher.method not in TEACHER_METHODS:
