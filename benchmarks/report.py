@@ -228,31 +228,38 @@ def _correction_cell(row: dict | None) -> str | None:
     )
 
 
+#: The one-step samplers the posteriors table reads, in order of preference: the
+#: first with a ``LABEL(1)`` row in a target fills that target's row.
+ONE_STEP_LABELS = ("SCDS", "CDDS-DDS")
+
+
 def _reference_table(targets: dict) -> list[str]:
     header = [
         "posterior",
         "D",
         "reference",
+        "sampler",
         "whitening only mean err / log sd",
-        "SCDS(1) mean err / log sd",
-        "SCDS(N) mean err / log sd",
-        "SCDS(1)+resample mean err / log sd",
-        "SCDS(1)+MCMC mean err / log sd",
+        "1-step mean err / log sd",
+        "most steps mean err / log sd",
+        "1-step+resample mean err / log sd",
+        "1-step+MCMC mean err / log sd",
         "NUTS mean err / log sd",
-        "SCDS iterations x batch",
-        "SCDS train + sample s",
+        "iterations x batch",
+        "train + sample s",
         "NUTS s",
         "whitening only log Z +- se / ESS / k-hat",
-        "SCDS(1) log Z +- se / ESS / k-hat",
+        "1-step log Z +- se / ESS / k-hat",
         "MCMC correction s / gradient evals",
-        "SCDS gradient evals",
+        "sampler gradient evals",
         "NUTS gradient evals",
         "NUTS divergences / max R-hat / min ESS",
     ]
     rows = []
     for name, target in targets.items():
         by_method = _by_method(target)
-        largest = _largest(by_method)
+        label = next((x for x in ONE_STEP_LABELS if f"{x}(1)" in by_method), "SCDS")
+        largest = _largest(by_method, label)
 
         def errors(method, by_method=by_method):
             return _cell(
@@ -263,31 +270,35 @@ def _reference_table(targets: dict) -> list[str]:
                 ),
             )
 
-        scds, nuts = by_method.get("SCDS(1)"), by_method.get("NUTS")
+        one_step, nuts = by_method.get(f"{label}(1)"), by_method.get("NUTS")
         rows.append(
             [
                 name,
                 target["dim"],
                 target["reference"],
+                label if one_step else None,
                 errors("whitening only"),
-                errors("SCDS(1)"),
-                f"{errors(largest)} (N={scds_steps(largest)})" if largest else None,
-                errors("SCDS(1)+resample"),
-                errors("SCDS(1)+MCMC"),
-                errors("NUTS") if target["reference"] != "NUTS" else "(reference)",
-                f"{scds['info']['num_train_steps']} x {scds['info']['batch_size']}"
-                if scds
+                errors(f"{label}(1)"),
+                f"{errors(largest)} (k={largest[len(label) + 1 : -1]})"
+                if largest
                 else None,
-                f"{scds['train_seconds']:.1f} + {scds['sample_seconds']:.3f}"
-                if scds
+                errors(f"{label}(1)+resample"),
+                errors(f"{label}(1)+MCMC"),
+                errors("NUTS") if target["reference"] != "NUTS" else "(reference)",
+                f"{one_step['info']['num_train_steps']} x "
+                f"{one_step['info']['batch_size']}"
+                if one_step
+                else None,
+                f"{one_step['train_seconds']:.1f} + {one_step['sample_seconds']:.3f}"
+                if one_step
                 else None,
                 f"{nuts['train_seconds'] + nuts['sample_seconds']:.1f}"
                 if nuts
                 else None,
                 _weights_cell(by_method.get("whitening only")),
-                _weights_cell(scds),
-                _correction_cell(by_method.get("SCDS(1)+MCMC")),
-                scds["gradient_evaluations"] if scds else None,
+                _weights_cell(one_step),
+                _correction_cell(by_method.get(f"{label}(1)+MCMC")),
+                one_step["gradient_evaluations"] if one_step else None,
                 nuts["gradient_evaluations"] if nuts else None,
                 f"{nuts['info']['divergences']} / {nuts['info']['max_r_hat']:.3f} / "
                 f"{nuts['info']['min_ess']:.0f}"

@@ -139,3 +139,40 @@ def test_set_overrides_the_budget_for_the_chosen_targets():
     assert BUDGETS["cpu"].overrides["mw52"]["num_sde_steps"] == 64  # not mutated
     with pytest.raises(SystemExit):
         parse_settings(parser, ["num_sde_steps"])
+
+
+def _row(method, mean_error, **info):
+    return {
+        "method": method,
+        "metrics": {"max_mean_error": mean_error, "max_log_sd_ratio": 0.01},
+        "info": info,
+        "train_seconds": 1.0,
+        "sample_seconds": 0.1,
+        "network_evaluations": 1,
+        "gradient_evaluations": 7,
+    }
+
+
+def test_the_posteriors_table_reads_the_one_step_sampler_each_target_has():
+    from benchmarks.report import _reference_table
+
+    info = {"num_train_steps": 10, "batch_size": 4}
+    targets = {
+        "a": {
+            "dim": 2,
+            "reference": "posteriordb",
+            "rows": [_row("SCDS(1)", 0.5, **info)],
+        },
+        "b": {
+            "dim": 2,
+            "reference": "posteriordb",
+            "rows": [_row("CDDS-DDS(1)", 0.25, **info), _row("CDDS-DDS(4)", 0.125)],
+        },
+    }
+    a, b = (
+        line
+        for line in _reference_table(targets)
+        if line.startswith("| a") or line.startswith("| b")
+    )
+    assert "| SCDS | - | 0.500 / 0.010 |" in a
+    assert "| CDDS-DDS | - | 0.250 / 0.010 | 0.125 / 0.010 (k=4) |" in b
