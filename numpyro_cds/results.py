@@ -282,11 +282,11 @@ class MCMCResults(TrainingResults, MCMC):
             correction=self.correction,
             correction_steps=self.correction_steps,
             correction_info=self.correction_info,
-            teacher=self._trained_teacher(),
+            teacher=self._teacher_training(),
         )
         print(text)
 
-    def _trained_teacher(self) -> tuple[str, int, float] | None:
+    def _teacher_training(self) -> tuple[str, int, float] | None:
         """Method, iterations and seconds of the teacher this run trained, if any."""
         if "teacher_training" not in self.timings:
             return None
