@@ -39,6 +39,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .networks import ControlNetwork
 from .sde import AbstractSchedule, euler_maruyama_step
+from .sharding import shard_batch
 
 __all__ = [
     "control",
@@ -59,8 +60,12 @@ def standard_normal_logdensity(x: Float[Array, " dim"]) -> Float[Array, ""]:
 
 
 def sample_prior(rng_key: PRNGKeyArray, shape: tuple[int, ...], bound: float):
-    """Standard normal draws truncated element-wise at ``+-bound``."""
-    return jax.random.truncated_normal(rng_key, -bound, bound, shape)
+    """Standard normal draws truncated element-wise at ``+-bound``.
+
+    The leading axis is the batch: it is split over the devices of a
+    :func:`~numpyro_cds.sharding.batch_mesh`, and every path started here with it.
+    """
+    return shard_batch(jax.random.truncated_normal(rng_key, -bound, bound, shape))
 
 
 def target_score_fn(logdensity_fn: Callable) -> Callable:

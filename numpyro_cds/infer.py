@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import optax
@@ -30,6 +30,7 @@ from .session import (
     save_session,
     saved_keywords,
 )
+from .sharding import batch_mesh
 from .train import TrainConfig
 from .trained import TrainedSampler
 
@@ -93,6 +94,9 @@ class CDSInference(MCMCResults):
         correction_steps: MALA steps per draw with ``"mcmc"``.
         correction_pool: with a correction, this many times ``num_chains *
             num_samples`` draws are resampled down to that number.
+        devices: the devices that share each batch of paths and of draws (None:
+            every device ``jax.devices()`` lists, all processes' after
+            ``jax.distributed.initialize``): :doc:`/scaling`.
 
     Example:
         >>> import jax, numpyro, numpyro.distributions as dist
@@ -131,6 +135,7 @@ class CDSInference(MCMCResults):
         correction: str | None = "mcmc",
         correction_steps: int = 1000,
         correction_pool: int = 4,
+        devices: Sequence[jax.Device] | None = None,
     ):
         if not callable(model):
             raise TypeError(f"model must be a callable NumPyro model, got {model!r}.")
@@ -162,6 +167,7 @@ class CDSInference(MCMCResults):
         self.correction_pool = check_count("correction_pool", correction_pool)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self.optimizer, self.teacher = optimizer, teacher
+        self.devices = None if devices is None else list(devices)
         self._args, self._kwargs, self._load_path = (), {}, None
 
     @property
@@ -194,7 +200,8 @@ class CDSInference(MCMCResults):
                 self.teacher,
             )
             self._args, self._kwargs = args, kwargs
-        diagnosis = self._session.train(self.progress_bar)
+        with batch_mesh(self.devices):
+            diagnosis = self._session.train(self.progress_bar)
         if diagnosis is not None:
             warnings.warn(diagnosis, TrainingDivergedWarning, stacklevel=2)
 
@@ -260,10 +267,15 @@ class CDSInference(MCMCResults):
         key, trained = as_key(rng_key), self.trained
         num_steps = self.num_steps if num_steps is None else num_steps
         logdensity_fn = self.target.logdensity_fn
-        if not log_weights:
-            draws = trained.sample(key, logdensity_fn, num_samples, num_steps, False)
-            return self._constrain(draws.x)
-        draws = checked_draws(key, trained, logdensity_fn, num_samples, num_steps, 3)
+        with batch_mesh(self.devices):
+            if not log_weights:
+                draws = trained.sample(
+                    key, logdensity_fn, num_samples, num_steps, False
+                )
+                return self._constrain(draws.x)
+            draws = checked_draws(
+                key, trained, logdensity_fn, num_samples, num_steps, 3
+            )
         return self._constrain(draws.x), draws.log_weight
 
     def run(self, rng_key, *args, extra_fields=(), init_params=None, **kwargs) -> None:
@@ -286,15 +298,16 @@ class CDSInference(MCMCResults):
         self.warmup(warmup_key, *args, **kwargs)
         start = time.perf_counter()
         total = self.num_chains * self.num_samples
-        draws, self.weights_summary, self.correction_info = draw_and_correct(
-            draw_key,
-            self.trained,
-            self.target.logdensity_fn,
-            total,
-            self.num_steps,
-            self.correction,
-            self.correction_pool,
-            self.correction_steps,
-        )
+        with batch_mesh(self.devices):
+            draws, self.weights_summary, self.correction_info = draw_and_correct(
+                draw_key,
+                self.trained,
+                self.target.logdensity_fn,
+                total,
+                self.num_steps,
+                self.correction,
+                self.correction_pool,
+                self.correction_steps,
+            )
         self._keep(draws)
         self.timings["sampling"] = time.perf_counter() - start

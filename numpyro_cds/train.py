@@ -18,6 +18,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from .sharding import replicate
+
 __all__ = ["TrainConfig", "default_optimizer", "fit"]
 
 
@@ -143,6 +145,7 @@ def fit(
             step, chunk_size, key, state, static, total
         )
     )
+    state = replicate(state)
     start = int(state.iteration)
     infos = []
     with tqdm(

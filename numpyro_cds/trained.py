@@ -29,6 +29,7 @@ from .distillation import draw_consistency
 from .networks import ControlNetwork
 from .reference import REFERENCE_METHODS, ReferenceProcess, draw_reference
 from .sde import AbstractSchedule, LinearSchedule
+from .sharding import gathered
 from .whitening import AffineWhitening
 
 __all__ = [
@@ -190,12 +191,12 @@ def _draw_uncompiled(
         )
     if kind is None:
         x = whitening.unwhiten(draws)
-        return Draws(x, jax.vmap(logdensity_fn)(x))
+        return gathered(Draws(x, jax.vmap(logdensity_fn)(x)))
     x = whitening.unwhiten(draws.x)
     lp = jax.vmap(logdensity_fn)(x)
     log_q = draws.log_density - whitening.log_det
     signs = None if kind == "path" else draws.step_signs
-    return Draws(x, lp, log_q, lp - log_q, signs)
+    return gathered(Draws(x, lp, log_q, lp - log_q, signs))
 
 
 #: :meth:`TrainedSampler.sample`'s compiled draw; ``eqx.debug.get_num_traces(
