@@ -343,7 +343,7 @@ def _breast_cancer() -> BenchmarkTarget:
     )
 
 
-def _lgcp(grid_size: int = 40) -> BenchmarkTarget:
+def lgcp_target(grid_size: int = 40) -> BenchmarkTarget:
     """Log-Gaussian Cox process on a grid, counts generated from the model (seed 0).
 
     Latent field ``f ~ N(mu0, K)`` with ``K_ij = 1.91 exp(-|i - j| / (grid / 33))`` over
@@ -453,7 +453,7 @@ _FACTORIES = {
     "gmm40_50d": lambda: _gmm40(50),
     "many_well_32": _many_well_32,
     "breast_cancer": _breast_cancer,
-    "lgcp": _lgcp,
+    "lgcp": lgcp_target,
     "normal_mean": _normal_mean,
     "linear_regression": _linear_regression,
 }

@@ -42,6 +42,7 @@ from .sde import AbstractSchedule, LinearSchedule
 
 __all__ = [
     "ConsistencyConfig",
+    "SAVE_MEMORY_BLOCK_STEPS",
     "default_prior_bound",
     "SCDSState",
     "SCDSInfo",
@@ -75,6 +76,10 @@ def default_prior_bound(dim: int) -> float:
     from scipy.special import ndtri
 
     return float(-ndtri(0.5 * PRIOR_MASS_LEFT_OUT / dim))
+
+
+#: Steps of the log-variance loss evaluated at once with ``save_memory``.
+SAVE_MEMORY_BLOCK_STEPS = 16
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -128,6 +133,13 @@ class ConsistencyConfig:
             the two half steps (the paper: step ``d`` weighted by ``d**2``, so the
             smallest steps get ``(2 / N)**2`` of the signal); ``"velocity"`` divides
             by ``d**2``, weighting every step size alike.
+        save_memory: recompute the network's activations in the backward pass
+            instead of keeping those of every step, so that the training's memory
+            does not grow with ``num_sde_steps``: the log-variance loss (SCDS, DIS)
+            in blocks of :data:`SAVE_MEMORY_BLOCK_STEPS` steps, the paths of PIS and
+            DDS one step at a time (the target scores are kept, not recomputed).
+            The same sampler, for about 1.3 times the seconds per iteration
+            (``BENCHMARKS.md``, "Scaling").
     """
 
     num_sde_steps: int = 64
@@ -147,6 +159,7 @@ class ConsistencyConfig:
     teacher: str = "ema"
     ema_start: int = 0
     consistency_space: str = "state"
+    save_memory: bool = False
 
     def __post_init__(self):
         if not _is_power_of_two(self.num_sde_steps) or self.num_sde_steps < 2:
@@ -194,6 +207,8 @@ class ConsistencyConfig:
             )
         if isinstance(self.ema_start, bool) or not isinstance(self.ema_start, int):
             raise ValueError(f"ema_start must be an int, got {self.ema_start!r}.")
+        if not isinstance(self.save_memory, bool):
+            raise ValueError(f"save_memory must be a bool, got {self.save_memory!r}.")
 
     def training_bound(self, dim: int) -> float:
         """Truncation of the training paths' prior draws in ``dim`` dimensions."""
@@ -543,6 +558,7 @@ def consistency_sampler(
                 paths,
                 clip=clip,
                 max_rnd=config.max_rnd,
+                block_steps=SAVE_MEMORY_BLOCK_STEPS if config.save_memory else None,
             )
 
         (diffusion_loss, kept), grads = jax.value_and_grad(

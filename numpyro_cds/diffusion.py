@@ -234,6 +234,7 @@ def log_variance_loss(
     *,
     clip: Float[Array, ""],
     max_rnd: float = 1e8,
+    block_steps: int | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """Log-variance loss ``Var(rnd) / dim`` on detached paths (DIS, Richter-Berner).
 
@@ -244,30 +245,48 @@ def log_variance_loss(
     where ``log rho`` is not finite is scored with the worst finite ``log rho`` of the
     batch; paths with a non-finite ``rnd`` or one above ``max_rnd`` are left out.
 
+    ``block_steps`` None evaluates the control at every step of every path at once
+    (fastest; the gradient keeps every step's network activations).  An integer
+    evaluates blocks of that many steps and recomputes each block in the backward
+    pass, so the gradient's memory is one block's whatever the number of steps.
+
     Returns:
         The loss and the fraction of paths kept.
     """
-    num_steps, _, dim = paths.states.shape
+    num_steps, batch, dim = paths.states.shape
     dt = 1.0 / num_steps
     times = jnp.arange(num_steps) * dt
-    embeddings, gates = jax.vmap(lambda t: network.conditioning(t, dt))(times)
-    # One flat batch of num_steps * batch states: a single large matrix product.
+    block = num_steps if block_steps is None else min(block_steps, num_steps)
 
-    def rows(a):
-        return jnp.repeat(a, paths.states.shape[1], axis=0)
+    def block_terms(total, inputs):
+        # The block's steps of every path as one flat batch: one large matrix product.
+        t, x, score, control, noise = inputs
+        embedding, gate = jax.vmap(lambda ti: network.conditioning(ti, dt))(t)
 
-    u = jax.vmap(
-        lambda x, t, embedding, gate, score: _control_from_conditioning(
-            network, schedule, x, t, embedding, gate, score, clip
-        )
-    )(
-        paths.states.reshape(-1, dim),
-        rows(times),
-        rows(embeddings),
-        rows(gates),
-        paths.target_scores.reshape(-1, dim),
-    ).reshape(paths.states.shape)
-    running = jnp.sum(u * (paths.controls - 0.5 * u) * dt + u * paths.noises, (0, 2))
+        def rows(a):
+            return jnp.repeat(a, batch, axis=0)
+
+        u = jax.vmap(
+            lambda *a: _control_from_conditioning(network, schedule, *a, clip)
+        )(
+            x.reshape(-1, dim),
+            rows(t),
+            rows(embedding),
+            rows(gate),
+            score.reshape(-1, dim),
+        ).reshape(x.shape)
+        terms = u * (control - 0.5 * u) * dt + u * noise
+        return total + jnp.sum(terms, axis=(0, 2)), None
+
+    if block_steps is not None:
+        # Recomputed in the backward pass: the gradient holds one block's activations.
+        block_terms = jax.checkpoint(block_terms)
+    inputs = (times, paths.states, paths.target_scores, paths.controls, paths.noises)
+    running, _ = jax.lax.scan(
+        block_terms,
+        jnp.zeros(batch, paths.states.dtype),
+        tuple(a.reshape(num_steps // block, block, *a.shape[1:]) for a in inputs),
+    )
     rnd = paths.log_prior + running - _finite_or_worst(paths.log_target)
     value = jax.lax.stop_gradient(rnd)
     keep = jnp.isfinite(value) & (value < max_rnd)

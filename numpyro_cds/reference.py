@@ -53,6 +53,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .consistency import (
@@ -171,11 +172,14 @@ def simulate_reference(
     num_steps: int,
     clip: Float[Array, ""],
     prior_bound: float,
+    save_memory: bool = False,
 ) -> _Path:
     """Euler-Maruyama paths of the controlled SDE, with their running costs.
 
     Differentiable in the network's weights through the paths (the target score is a
-    constant input).
+    constant input).  With ``save_memory`` the gradient keeps each step's state and
+    target score only and recomputes the network's activations, so its memory does not
+    grow with the network's size times ``num_steps``.
 
     Returns:
         The final states, ``log N(x_0; 0, I) - log q_0(x_0)`` (zero for PIS), and per
@@ -199,7 +203,7 @@ def simulate_reference(
     def body(carry, inputs):
         x, running, ito = carry
         t, key = inputs
-        scores = jax.lax.stop_gradient(score_fn(x))
+        scores = checkpoint_name(jax.lax.stop_gradient(score_fn(x)), "target_score")
         embedding, gate = network.conditioning(t, dt)
         delta = jax.vmap(
             lambda x, s: gated_deviation(network, x, embedding, gate, s, clip)
@@ -211,6 +215,9 @@ def simulate_reference(
         x = x + (f * x + sigma * (g * x + delta)) * dt + sigma * noise
         return (x, running, ito), None
 
+    if save_memory:
+        policy = jax.checkpoint_policies.save_only_these_names("target_score")
+        body = jax.checkpoint(body, policy=policy)
     times = jnp.arange(num_steps) * dt
     keys = jax.random.split(noise_key, num_steps)
     zeros = jnp.zeros(num_samples)
@@ -336,6 +343,7 @@ def reference_sampler(
             num_steps=steps,
             clip=clip,
             prior_bound=config.training_bound(dim),
+            save_memory=config.save_memory,
         )
         cost = (
             path.running

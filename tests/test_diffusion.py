@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from numpyro_cds.diffusion import (
     log_variance_loss,
@@ -97,3 +98,54 @@ def test_log_variance_loss_penalises_non_finite_target():
     assert bool(jnp.isfinite(loss))
     assert float(kept) == 1.0
     assert float(loss) > 2 * float(baseline)
+
+
+def _compiled_step(algorithm, state, static):
+    return (
+        jax.jit(lambda key, s: algorithm.step(key, s, static))
+        .lower(jax.random.key(0), state)
+        .compile()
+    )
+
+
+@pytest.mark.parametrize("method", ["scds", "dds"])
+def test_save_memory_gives_the_same_step_in_memory_that_does_not_grow_with_n(method):
+    """Recomputing activations changes no value, and the memory stops growing with them.
+
+    Without ``save_memory`` the scratch memory of one step grows with the number of SDE
+    steps times the network's activations; with it, only by the paths themselves.
+    """
+    from numpyro_cds.consistency import ConsistencyConfig, consistency_sampler
+    from numpyro_cds.reference import reference_sampler
+    from numpyro_cds.train import TrainConfig, default_optimizer
+
+    def algorithm(num_steps, save_memory):
+        config = ConsistencyConfig(
+            num_sde_steps=num_steps, batch_size=32, width=16, save_memory=save_memory
+        )
+        optimizer = default_optimizer(TrainConfig(num_train_steps=10))
+        if method == "dds":
+            return reference_sampler(gaussian_target, 2, config, optimizer, "dds")
+        return consistency_sampler(gaussian_target, 2, config, optimizer)
+
+    memory, results = {}, {}
+    for save_memory in (False, True):
+        for num_steps in (16, 128):
+            algo = algorithm(num_steps, save_memory)
+            state, static = algo.init(jax.random.key(0))
+            step = _compiled_step(algo, state, static)
+            results[save_memory, num_steps] = step(jax.random.key(1), state)
+            memory[save_memory, num_steps] = step.memory_analysis().temp_size_in_bytes
+    for num_steps in (16, 128):
+        saved, kept = results[True, num_steps], results[False, num_steps]
+        for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(kept), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # What must grow with N: each step's states, scores, controls and noises (or the
+    # pathwise gradient's carries), 4 (dim + 1) floats per path.
+    per_step = 32 * 4 * (2 + 1) * 4
+    growth = {k: memory[k, 128] - memory[k, 16] for k in (False, True)}
+    assert growth[True] < 1.5 * 112 * per_step < growth[False] / 4
+
+
+def gaussian_target(x):
+    return -0.5 * jnp.sum(((x - 1.0) / 0.5) ** 2)
