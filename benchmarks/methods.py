@@ -275,7 +275,7 @@ def paper_preset(num_train_steps: int, batch_size: int, num_sde_steps: int) -> d
     )
 
 
-def _training_gradient_evaluations(cds: CDSInference) -> int:
+def training_gradient_evaluations(cds: CDSInference) -> int:
     """Target gradients of the training, teacher and whitening fit included.
 
     Each iteration moves ``B`` paths by ``N`` steps with a target score per step; the
@@ -326,7 +326,7 @@ def _run_cds(
         for part in ("whitening", "teacher_training", "training")
     )
     config = cds.consistency
-    training_gradients = _training_gradient_evaluations(cds)
+    training_gradients = training_gradient_evaluations(cds)
     step_counts = (
         step_counts
         or budget.step_counts

@@ -11,6 +11,18 @@ from numpyro_cds import CDSInference, ConsistencyConfig, TrainConfig
 from numpyro_cds.session import METHODS, TRAINED_TEACHERS
 
 
+def _count_or_auto(text):
+    """``'auto'`` or a positive integer, for ``--num-train-steps``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {text!r}"
+        ) from None
+
+
 def parser_with_common_flags(description, *, num_samples):
     """An argparse parser with the flags every example takes."""
     parser = argparse.ArgumentParser(
@@ -42,9 +54,10 @@ def parser_with_common_flags(description, *, num_samples):
     )
     parser.add_argument(
         "--num-train-steps",
-        type=int,
+        type=_count_or_auto,
         default=TrainConfig().num_train_steps,
-        help="training iterations",
+        help="training iterations, or 'auto' (until the held-out score stops "
+        f"improving, at most {TrainConfig().max_train_steps})",
     )
     parser.add_argument(
         "--batch-size",
@@ -60,10 +73,11 @@ def parser_with_common_flags(description, *, num_samples):
     )
     parser.add_argument(
         "--correction",
-        default="mcmc",
-        choices=["mcmc", "resample", "none"],
-        help="what run() does with the draws: resampling and MALA moves, "
-        "resampling only, or none (the sampler's own draws)",
+        default="auto",
+        choices=["auto", "mcmc", "resample", "none"],
+        help="what run() does with the draws: resampling alone if the weights are "
+        "healthy, else with MALA moves (auto); resampling and MALA moves; "
+        "resampling only; or none (the sampler's own draws)",
     )
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed")
     parser.add_argument(

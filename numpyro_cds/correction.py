@@ -3,7 +3,9 @@
 ``correction="resample"`` resamples the pool of draws by their Pareto-smoothed
 importance weights (:func:`~numpyro_cds.importance.psis_resample`); ``"mcmc"`` then
 moves every resampled draw by a short MALA chain in the whitened space
-(:func:`~numpyro_cds.mcmc.mala_move`), which leaves the target invariant.  The moves
+(:func:`~numpyro_cds.mcmc.mala_move`), which leaves the target invariant.  ``"auto"``
+resamples alone when the pool's weights are healthy (:func:`auto_correction`) and
+adds the moves otherwise.  The moves
 are compiled once per target and shape: a second ``run`` with the same settings does
 not compile again.
 """
@@ -29,6 +31,7 @@ from .whitening import AffineWhitening
 
 __all__ = [
     "CORRECTIONS",
+    "auto_correction",
     "check_correction",
     "checked_draws",
     "correct_draws",
@@ -36,8 +39,31 @@ __all__ = [
     "mala_correction",
 ]
 
-#: What ``correction`` may be: no correction, resampling, resampling and MALA moves.
-CORRECTIONS = (None, "resample", "mcmc")
+#: What ``correction`` may be: no correction, resampling, resampling and MALA moves,
+#: or the one of the last two that the weights ask for.
+CORRECTIONS = (None, "resample", "mcmc", "auto")
+
+
+def auto_correction(summary: ImportanceSummary, num_draws: int) -> tuple[str, str]:
+    """The correction ``"auto"`` applies to a pool of weighted draws, and why.
+
+    Resampling alone when the weights are reliable (Pareto k-hat at most 0.7, or all
+    but equal: :attr:`~numpyro_cds.importance.ImportanceSummary.reliable`) and their
+    effective number is at least ``num_draws``, so that the resampled draws repeat
+    few pool draws; MALA moves too otherwise.
+
+    Example:
+        >>> from numpyro_cds.importance import summarize_weights
+        >>> import numpy as np
+        >>> auto_correction(summarize_weights(np.zeros(4000)), 1000)[0]
+        'resample'
+    """
+    effective = summary.ess * summary.num_draws
+    if not summary.reliable:
+        return "mcmc", f"Pareto k-hat {summary.pareto_k:.2f} > 0.7"
+    if effective < num_draws:
+        return "mcmc", f"ESS {effective:.0f} < {num_draws} draws"
+    return "resample", f"k-hat {summary.pareto_k:.2f}, ESS {effective:.0f}"
 
 
 def check_correction(correction) -> str | None:
@@ -176,12 +202,17 @@ def draw_and_correct(
 
     Returns:
         The draws, the :class:`~numpyro_cds.importance.ImportanceSummary` of the
-        pool and the correction's information (see :func:`correct_draws`).
+        pool and the correction's information (see :func:`correct_draws`); with
+        ``"auto"`` it names the correction applied (``"applied"``) and ``"why"``.
     """
     draw_key, correct_key = jax.random.split(rng_key)
     size = num_draws * (1 if correction is None else pool)
     draws = checked_draws(draw_key, trained, logdensity_fn, size, num_steps, 4)
     summary = summarize_weights(draws.log_weight)
+    chosen = {}
+    if correction == "auto":
+        correction, why = auto_correction(summary, num_draws)
+        chosen = {"applied": correction, "why": why}
     description = draws_description(num_steps, trained.sampling)
     warn_if_unreliable(summary, description, correction, stacklevel=4)
     draws, info = correct_draws(
@@ -193,4 +224,4 @@ def draw_and_correct(
         logdensity_fn,
         num_mcmc_steps,
     )
-    return draws, summary, info
+    return draws, summary, info | chosen

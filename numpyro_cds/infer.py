@@ -71,7 +71,12 @@ class CDSInference(MCMCResults):
             ``"sde"`` (Euler-Maruyama steps, path weights: informative only at many
             steps; :doc:`/weights`); None: ``"sde"`` for DIS, PIS and DDS (the only
             sampling of PIS and DDS), else ``"flow"``.
-        num_train_steps: training iterations (overrides ``train``'s).
+        num_train_steps: training iterations, or ``"auto"`` (the default: until the
+            held-out score stops improving; :class:`~numpyro_cds.train.TrainConfig`)
+            (overrides ``train``'s).
+        max_train_steps: the most iterations of an ``"auto"`` training (overrides
+            ``train``'s).
+        max_time: seconds after which each training stops (overrides ``train``'s).
         batch_size: paths per training iteration (overrides ``consistency``'s).
         num_sde_steps: steps of the training paths, a power of 2 (overrides
             ``consistency``'s).
@@ -88,9 +93,11 @@ class CDSInference(MCMCResults):
         optimizer: an optax transformation instead of :func:`~numpyro_cds.train.
             default_optimizer` (resume a checkpoint with the same one).
         progress_bar: show a tqdm bar with the loss and the monitor's score.
-        correction: ``"mcmc"`` (PSIS resampling, then ``correction_steps`` MALA steps
-            per draw), ``"resample"`` or None (the sampler's own draws, as
-            :meth:`sample` always returns).
+        correction: ``"auto"`` (PSIS resampling alone when the weights are
+            healthy, else with MALA moves: :func:`~numpyro_cds.correction.
+            auto_correction`), ``"mcmc"`` (PSIS resampling, then
+            ``correction_steps`` MALA steps per draw), ``"resample"`` or None (the
+            sampler's own draws, as :meth:`sample` always returns).
         correction_steps: MALA steps per draw with ``"mcmc"``.
         correction_pool: with a correction, this many times ``num_chains *
             num_samples`` draws are resampled down to that number.
@@ -120,7 +127,9 @@ class CDSInference(MCMCResults):
         teacher_method: str | None = None,
         num_steps: int | None = None,
         sampling: str | None = None,
-        num_train_steps: int | None = None,
+        num_train_steps: int | str | None = None,
+        max_train_steps: int | None = None,
+        max_time: float | None = None,
         batch_size: int | None = None,
         num_sde_steps: int | None = None,
         learning_rate: float | None = None,
@@ -132,7 +141,7 @@ class CDSInference(MCMCResults):
         checkpoint: str | os.PathLike | None = None,
         optimizer: optax.GradientTransformation | None = None,
         progress_bar: bool = True,
-        correction: str | None = "mcmc",
+        correction: str | None = "auto",
         correction_steps: int = 1000,
         correction_pool: int = 4,
         devices: Sequence[jax.Device] | None = None,
@@ -157,6 +166,8 @@ class CDSInference(MCMCResults):
             batch_size=batch_size,
             num_sde_steps=num_sde_steps,
             num_train_steps=num_train_steps,
+            max_train_steps=max_train_steps,
+            max_time=max_time,
             learning_rate=learning_rate,
             chunk_size=chunk_size,
         )

@@ -47,6 +47,12 @@ class MonitorConfig:
         min_kept_fraction: a chunk whose median fraction of paths kept in the loss
             falls below this counts as diverging.
         patience: consecutive diverging chunks that stop the training.
+        plateau_iterations: with ``num_train_steps="auto"``, the training stops when
+            the held-out divergence has not fallen below ``1 - plateau_tolerance``
+            times its last mark for this many iterations.  The mark is the first
+            snapshot's divergence, moved to every snapshot that beats it by that
+            factor.
+        plateau_tolerance: the relative improvement that moves the mark.
     """
 
     num_draws: int = 512
@@ -54,9 +60,11 @@ class MonitorConfig:
     divergence_factor: float = 1e3
     min_kept_fraction: float = 0.5
     patience: int = 2
+    plateau_iterations: int = 500
+    plateau_tolerance: float = 0.1
 
     def __post_init__(self):
-        for name in ("num_draws", "patience"):
+        for name in ("num_draws", "patience", "plateau_iterations"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -66,6 +74,10 @@ class MonitorConfig:
             )
         if not 0 <= self.min_kept_fraction < 1:
             raise ValueError("min_kept_fraction must lie in [0, 1).")
+        if not 0 < self.plateau_tolerance < 1:
+            raise ValueError(
+                f"plateau_tolerance must lie in (0, 1), got {self.plateau_tolerance}."
+            )
 
 
 class Snapshot(NamedTuple):
@@ -120,6 +132,7 @@ class TrainingMonitor:
         config: the monitor's settings.
         best: a snapshot to start from (a resumed run's).
         loss_floor: the lowest chunk median of the loss so far (a resumed run's).
+        mark: ``(iteration, divergence)`` of the plateau mark (a resumed run's).
         loss_name: the field of the training info whose jumps count as diverging.
 
     Example:
@@ -138,8 +151,10 @@ class TrainingMonitor:
         best: Snapshot | None = None,
         loss_floor: float = np.inf,
         loss_name: str = "diffusion_loss",
+        mark: tuple[int, float] | None = None,
     ):
         self.score_fn = score_fn
+        self.mark = mark
         self.loss_name = loss_name
         self.config = config
         self.best = best
@@ -162,6 +177,9 @@ class TrainingMonitor:
         self.latest = snapshot
         if self.best is None or snapshot.divergence < self.best.divergence:
             self.best = snapshot
+        threshold = 1.0 - self.config.plateau_tolerance
+        if self.mark is None or divergence < threshold * self.mark[1]:
+            self.mark = (iteration, divergence)
         if info is not None:
             self._check_divergence(iteration, info)
 
@@ -188,6 +206,17 @@ class TrainingMonitor:
         self.diverging_chunks += 1
         if self.diverging_chunks >= self.config.patience:
             self.diagnosis = f"training diverged by iteration {iteration}: {reason}"
+
+    def plateau(self, iteration: int) -> str | None:
+        """Why an ``"auto"`` training stopped improving by ``iteration`` (or None)."""
+        since = iteration - self.mark[0]
+        if since < self.config.plateau_iterations:
+            return None
+        return (
+            f"held-out divergence {self.latest.divergence:.3g}: no "
+            f"{self.config.plateau_tolerance:.0%} improvement on "
+            f"{self.mark[1]:.3g} (iteration {self.mark[0]}) in {since} iterations"
+        )
 
     @property
     def stop(self) -> bool:

@@ -105,13 +105,15 @@ def summary_text(
     correction_steps: int,
     correction_info: dict,
     teacher: tuple[str, int, float] | None = None,
+    stopped: dict[str, str] | None = None,
 ) -> str:
     """The lines ``print_summary`` prints after NumPyro's table.
 
     The final loss is the mean ``loss_name`` loss of the last chunk, as the progress
     bar shows it; the weights' ESS is the normalised one, a fraction of the draws
     (NumPyro's ``n_eff`` above counts draws).  ``teacher``: the method, iterations and
-    seconds of the teacher a distillation trained first.
+    seconds of the teacher a distillation trained first.  ``stopped``: why trainings
+    ended before their last iteration (keys ``"teacher_training"``, ``"training"``).
     """
     values = losses.get(loss_name, np.array([np.nan]))
     tail = values[-chunk_size:]
@@ -142,6 +144,15 @@ def summary_text(
         f"{summary.pareto_k:.2f} ({verdict})"
         + ("." if correction is None else ", draws resampled."),
     ]
+    names = {"teacher_training": "the teacher", "training": "the sampler"}
+    for key, reason in (stopped or {}).items():
+        lines.append(f"Training of {names[key]} {reason}.")
+    if "applied" in correction_info:
+        correction = correction_info["applied"]
+        lines.append(
+            f"Correction 'auto': {correction} ({correction_info['why']})"
+            + (", MALA moves follow." if correction == "mcmc" else ".")
+        )
     if correction == "mcmc":
         lines.append(
             f"MCMC correction: {correction_steps} MALA steps per draw, acceptance "

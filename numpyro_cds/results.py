@@ -283,6 +283,7 @@ class MCMCResults(TrainingResults, MCMC):
             correction_steps=self.correction_steps,
             correction_info=self.correction_info,
             teacher=self._teacher_training(),
+            stopped=self._require_session().stop_reasons,
         )
         print(text)
 

@@ -159,7 +159,8 @@ class Settings:
 
         The typed configs (None: their defaults) with the flat overrides that are not
         None replaced: ``batch_size`` and ``num_sde_steps`` of ``consistency``;
-        ``num_train_steps``, ``learning_rate`` and ``chunk_size`` of ``train``.
+        ``num_train_steps``, ``max_train_steps``, ``max_time``, ``learning_rate``
+        and ``chunk_size`` of ``train``.
         ``sampling`` and ``num_steps`` None are the method's: ``N`` Euler-Maruyama
         steps for DIS (a diffusion sampler), one probability-flow step otherwise.
         ``teacher_method`` None is DDS; it is refused with a teacher (``has_teacher``,
@@ -173,7 +174,8 @@ class Settings:
                 + ": pass teacher_method only with method='cdds' and no teacher."
             )
         names = {"consistency": ("batch_size", "num_sde_steps")}
-        names["train"] = ("num_train_steps", "learning_rate", "chunk_size")
+        names["train"] = ("num_train_steps", "max_train_steps", "max_time")
+        names["train"] += ("learning_rate", "chunk_size")
         configs = {
             "consistency": ConsistencyConfig() if consistency is None else consistency,
             "train": TrainConfig() if train is None else train,
@@ -297,6 +299,11 @@ def sampler_algorithm(
     return consistency_sampler(logdensity_fn, dim, config, optimizer)
 
 
+def _mark_from_json(restored: dict) -> tuple[int, float] | None:
+    mark = restored.get("plateau_mark")
+    return None if mark is None else (int(mark[0]), float(mark[1]))
+
+
 def _losses_from_json(losses: dict) -> dict[str, np.ndarray]:
     return {name: np.asarray(values, np.float64) for name, values in losses.items()}
 
@@ -400,7 +407,10 @@ class TrainingSession:
             best,
             loss_floor,
             loss_name=self._algorithm.loss_name,
+            mark=None if restored is None else _mark_from_json(restored),
         )
+        #: Why the training stopped before ``total_steps`` (plateau, time), or None.
+        self.stop_reason = None if restored is None else restored.get("stop_reason")
         self.timings = {"whitening": time.perf_counter() - start, "training": 0.0}
         if restored is not None:
             self.monitor.diagnosis = restored["diagnosis"]
@@ -435,6 +445,8 @@ class TrainingSession:
             "best_iteration": monitor.best.iteration,
             "best_divergence": monitor.best.divergence,
             "loss_floor": monitor.loss_floor,
+            "plateau_mark": None if monitor.mark is None else list(monitor.mark),
+            "stop_reason": self.stop_reason,
             "diagnosis": monitor.diagnosis,
             "losses": _losses_to_json(self.losses),
             "timings": dict(self.timings),
@@ -485,9 +497,9 @@ class TrainingSession:
 
     @property
     def is_trained(self) -> bool:
-        """Whether the training has finished (a diverged, stopped one has too)."""
-        done = self.iterations >= self.settings.train.num_train_steps
-        return done or self.monitor.stop
+        """Whether the training has finished (a stopped or diverged one has too)."""
+        done = self.iterations >= self.settings.train.total_steps
+        return done or self.monitor.stop or self.stop_reason is not None
 
     def snapshot(self, keep_best: bool) -> Snapshot:
         """The monitor's best snapshot, or with ``keep_best=False`` the last one."""
@@ -520,8 +532,27 @@ class TrainingSession:
             "density where the draws went."
         )
 
+    @property
+    def stop_reasons(self) -> dict[str, str]:
+        """Why the training stopped before ``total_steps`` (``{"training": ...}``)."""
+        return {} if self.stop_reason is None else {"training": self.stop_reason}
+
+    def _stop_reason(self, iteration: int) -> str | None:
+        """Why the training stops before its last iteration (not a divergence)."""
+        train = self.settings.train
+        if train.auto and iteration < train.total_steps:
+            plateau = self.monitor.plateau(iteration)
+            if plateau is not None:
+                return f"stopped at iteration {iteration}: {plateau}"
+        if train.max_time is not None and self.timings["training"] >= train.max_time:
+            return (
+                f"stopped at iteration {iteration}: max_time={train.max_time:g} s "
+                "reached"
+            )
+        return None
+
     def _train(self, progress_bar: bool) -> None:
-        monitor = self.monitor
+        monitor, train = self.monitor, self.settings.train
         trained_before = self.timings["training"]
         start = time.perf_counter()
         if monitor.best is None:
@@ -532,10 +563,16 @@ class TrainingSession:
             self.timings["training"] = trained_before + time.perf_counter() - start
             for name, values in info._asdict().items():
                 self.losses[name] = np.concatenate([self.losses.get(name, []), values])
-            monitor.observe(int(state.iteration), state.ema_params, info._asdict())
+            iteration = int(state.iteration)
+            monitor.observe(iteration, state.ema_params, info._asdict())
+            self.stop_reason = self._stop_reason(iteration)
             if self._checkpoint is not None:
                 self._write_checkpoint()
-            return {"D": f"{monitor.latest.divergence:.3g}", "stop": monitor.stop}
+            shown = {"D": f"{monitor.latest.divergence:.3g}"}
+            if train.auto:
+                since = iteration - monitor.mark[0]
+                shown["flat"] = f"{since}/{monitor.config.plateau_iterations}"
+            return shown | {"stop": monitor.stop or self.stop_reason is not None}
 
         try:
             fit(
@@ -543,8 +580,8 @@ class TrainingSession:
                 self._algorithm.step,
                 self.state,
                 self._static,
-                self.settings.train.num_train_steps,
-                chunk_size=self.settings.train.chunk_size,
+                train.total_steps,
+                chunk_size=train.chunk_size,
                 progress_bar=progress_bar,
                 on_chunk=keep,
                 loss_name=self._algorithm.loss_name,
@@ -740,6 +777,13 @@ class DistillationSession:
             self._timings["training"] = self.student.timings["training"]
         return self._timings
 
+    @property
+    def stop_reasons(self) -> dict[str, str]:
+        """Why the teacher (``"teacher"``) and the student stopped early, if so."""
+        teacher = self.teacher_session.stop_reasons.items()
+        reasons = {f"teacher_{k}": v for k, v in teacher}
+        return reasons | ({} if self.student is None else self.student.stop_reasons)
+
     def snapshot(self, keep_best: bool) -> Snapshot:
         """The student's snapshot (see :meth:`TrainingSession.snapshot`)."""
         return self.student.snapshot(keep_best)
@@ -758,6 +802,8 @@ class LoadedSession:
     """
 
     is_trained = True
+    #: The file keeps no reasons for an early stop.
+    stop_reasons: dict[str, str] = {}  # noqa: RUF012 (never mutated)
 
     def __init__(self, rng_key, model, args, kwargs, path: str):
         target_key = jax.random.split(rng_key, 4)[0]

@@ -29,17 +29,27 @@ class TrainConfig:
 
     Attributes:
         num_train_steps: training iterations (two optimiser updates each for SCDS;
-            CDDS trains its teacher and then its student this many each).
+            CDDS trains its teacher and then its student this many each), or
+            ``"auto"``: train until the training monitor's held-out score stops
+            improving (:class:`~numpyro_cds.monitor.MonitorConfig`, ``plateau_*``),
+            at most ``max_train_steps`` iterations.
+        max_train_steps: the most iterations of an ``"auto"`` training.
+        max_time: seconds after which a training stops (each of a CDDS run's two),
+            whatever ``num_train_steps``; None for no limit.  Unlike the other
+            stops it depends on the machine, so a resumed run may stop elsewhere.
         learning_rate: initial Adam learning rate.
         final_learning_rate_fraction: the learning rate decays exponentially to this
-            fraction of its initial value at the last iteration.
+            fraction of its initial value at the last iteration (at
+            ``max_train_steps`` for ``"auto"``).
         max_grad_norm: global-norm clip of each update.
         weight_decay: coupled L2 penalty added to the gradients before the clip
             (PyTorch Adam's ``weight_decay``; the SCDS reference uses 1e-7).
         chunk_size: iterations compiled into one ``lax.scan`` (one host sync each).
     """
 
-    num_train_steps: int = 4000
+    num_train_steps: int | str = "auto"
+    max_train_steps: int = 4000
+    max_time: float | None = None
     learning_rate: float = 5e-3
     final_learning_rate_fraction: float = 0.02
     max_grad_norm: float = 1.0
@@ -47,10 +57,15 @@ class TrainConfig:
     chunk_size: int = 50
 
     def __post_init__(self):
-        for name in ("num_train_steps", "chunk_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.num_train_steps != "auto":
+            _check_positive_int("num_train_steps", self.num_train_steps, ' or "auto"')
+        for name in ("max_train_steps", "chunk_size"):
+            _check_positive_int(name, getattr(self, name))
+        if self.max_time is not None and not self.max_time > 0:
+            raise ValueError(
+                f"max_time must be a positive number of seconds or None, got "
+                f"{self.max_time!r}."
+            )
         if not self.learning_rate > 0:
             raise ValueError(
                 f"learning_rate must be positive, got {self.learning_rate}."
@@ -64,12 +79,29 @@ class TrainConfig:
                 f"weight_decay must be non-negative, got {self.weight_decay}."
             )
 
+    @property
+    def auto(self) -> bool:
+        """Whether the training stops when the held-out score stops improving."""
+        return self.num_train_steps == "auto"
+
+    @property
+    def total_steps(self) -> int:
+        """The most iterations: ``num_train_steps``, or ``max_train_steps`` if auto."""
+        return self.max_train_steps if self.auto else self.num_train_steps
+
+
+def _check_positive_int(name, value, alternative=""):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{name} must be a positive integer{alternative}, got {value!r}."
+        )
+
 
 def default_optimizer(
     config: TrainConfig, updates_per_step: int = 2
 ) -> optax.GradientTransformation:
     """NaNs zeroed, non-finite updates skipped, weight decay, clip, decaying Adam."""
-    total_updates = updates_per_step * config.num_train_steps
+    total_updates = updates_per_step * config.total_steps
     schedule = optax.exponential_decay(
         config.learning_rate,
         transition_steps=total_updates,

@@ -15,6 +15,7 @@ from numpyro.infer import MCMC, Predictive
 import numpyro_cds.session
 from numpyro_cds import CDSInference
 from numpyro_cds.checkpoint import read_header
+from numpyro_cds.monitor import MonitorConfig
 
 TINY = dict(
     num_train_steps=20,
@@ -385,3 +386,38 @@ def test_loading_a_pickled_checkpoint_runs_no_code(tmp_path):
     with pytest.raises(ValueError, match="not a numpyro_cds checkpoint"):
         CDSInference(model, checkpoint=path, **TINY).run(jax.random.key(0))
     assert not marker.exists()
+
+
+def test_an_auto_training_resumed_from_its_checkpoint_stops_where_it_would_have(
+    monkeypatch, tmp_path
+):
+    """The plateau mark is kept in the checkpoint: the same stop, the same draws."""
+
+    def model():
+        numpyro.sample("x", dist.Normal(1.0, 2.0))
+
+    auto = dict(
+        TINY,
+        num_train_steps="auto",
+        max_train_steps=200,
+        monitor=MonitorConfig(plateau_iterations=20, num_draws=64),
+    )
+    reference = CDSInference(model, num_samples=20, **auto)
+    reference.run(jax.random.key(0))
+    # The whitening is this Gaussian posterior: nothing improves by 10 %.
+    assert reference.training_iterations == 20
+
+    path = tmp_path / "auto.ckpt"
+    monkeypatch.setattr(numpyro_cds.session, "fit", _interrupting_fit)
+    with pytest.raises(KeyboardInterrupt):
+        CDSInference(model, num_samples=20, checkpoint=path, **auto).run(
+            jax.random.key(0)
+        )
+    monkeypatch.setattr(numpyro_cds.session, "fit", _ORIGINAL_FIT)
+    resumed = CDSInference(model, num_samples=20, checkpoint=path, **auto)
+    resumed.run(jax.random.key(0))
+    for name, losses in reference.training_losses.items():
+        assert resumed.training_losses[name].shape == losses.shape, name
+    np.testing.assert_array_equal(
+        resumed.get_samples()["x"], reference.get_samples()["x"]
+    )

@@ -124,3 +124,30 @@ def test_the_untrained_whitening_gaussian_is_a_candidate():
         cds.run(jax.random.key(1))
     assert cds.snapshot.iteration == 0
     assert cds.weights_summary.ess > 0.99
+
+
+def test_plateau_counts_iterations_since_the_last_ten_percent_improvement():
+    """The mark moves only on a 10 % improvement; the plateau is counted from it."""
+    monitor = TrainingMonitor(
+        lambda d: d, MonitorConfig(plateau_iterations=100, plateau_tolerance=0.1)
+    )
+    divergences = {0: 0.6, 50: 0.3, 100: 0.285, 150: 0.275, 200: 0.28, 250: 0.26}
+    plateaus = {}
+    for iteration, d in divergences.items():
+        monitor.observe(iteration, _weights_with_divergence(d), None)
+        plateaus[iteration] = monitor.plateau(iteration)
+    assert monitor.mark[0] == 250  # 0.26 < 0.9 * 0.3; 0.285 and 0.275 were not
+    assert [i for i, p in plateaus.items() if p] == [150, 200]
+    assert "no 10% improvement" in plateaus[150] and "(iteration 50)" in plateaus[150]
+
+
+def _weights_with_divergence(target):
+    """Log weights ``(0, p)`` whose Renyi-1/2 divergence is ``target`` (bisection)."""
+    low, high = 0.0, 100.0
+    for _ in range(100):
+        middle = 0.5 * (low + high)
+        if renyi_half_divergence([0.0, middle]) < target:
+            low = middle
+        else:
+            high = middle
+    return np.array([0.0, low])
