@@ -72,7 +72,8 @@ __all__ = [
     "distillation_sampler",
     "draw_consistency",
     "run_consistency",
-    "teacher_trajectories",
+    "TeacherPairs",
+    "teacher_pairs",
 ]
 
 
@@ -89,52 +90,92 @@ class DistillationInfo(NamedTuple):
     kept_fraction: Array
 
 
-def teacher_trajectories(
+class TeacherPairs(NamedTuple):
+    """Two states of each teacher trajectory, ``gap`` fine steps apart.
+
+    Attributes:
+        start: the first state's step index ``n`` (time ``n / N``), per path.
+        end: the second state's, ``n + gap``.
+        first: the state ``x_n``.
+        first_score: the target score there.
+        second: the state ``x_{n + gap}``.
+        second_score: the target score there (zero at ``t = 1``, where the
+            consistency function ignores it).
+    """
+
+    start: Array
+    end: Array
+    first: Array
+    first_score: Array
+    second: Array
+    second_score: Array
+
+
+def teacher_pairs(
     rng_key: PRNGKeyArray,
     teacher: ControlNetwork,
     schedule: AbstractSchedule,
     score_fn: Callable,
+    start: Array,
     *,
-    batch_size: int,
+    gap: int,
     dim: int,
     num_steps: int,
     clip: Float[Array, ""],
     prior_bound: float,
-) -> tuple[
-    Float[Array, "num_steps+1 batch dim"], Float[Array, "num_steps+1 batch dim"]
-]:
-    """Euler trajectories of the teacher's probability flow from prior draws.
+) -> TeacherPairs:
+    """Euler trajectories of the teacher's probability flow, two states of each kept.
+
+    Each trajectory starts from a prior draw and runs ``N`` Euler steps of size
+    ``1 / N`` with the target score (as the teacher was trained); only its states at
+    steps ``start`` and ``start + gap`` are kept, so the memory does not grow with
+    ``N``.
 
     Args:
         rng_key: key of the prior draws.
         teacher: the teacher's control network (not differentiated).
         schedule: the noise schedule it was trained with.
         score_fn: ``grad log rho`` of one state.
-        batch_size: number of trajectories.
+        start: per trajectory, the step index of the first state (``0 <= start``,
+            ``start + gap <= N``); its length is the number of trajectories.
+        gap: fine steps between the two states.
         dim: dimension.
-        num_steps: ``N`` Euler steps of size ``1 / N``, with the target score (as the
-            teacher was trained).
+        num_steps: ``N``.
         clip: element-wise clip of the control's parts.
         prior_bound: truncation of the prior draws.
 
     Returns:
-        The states at ``t = n / N`` for ``n = 0..N`` and the target scores there
-        (zero at ``t = 1``, where the consistency function ignores them).
+        The :class:`TeacherPairs`.
     """
     teacher = jax.lax.stop_gradient(teacher)
     scores_of = jax.vmap(score_fn)
     dt = 1.0 / num_steps
 
-    def one_step(x, t):
+    def keep(kept, n, x, scores):
+        first, first_score, second, second_score = kept
+        at_first, at_second = (start == n)[:, None], (start + gap == n)[:, None]
+        return (
+            jnp.where(at_first, x, first),
+            jnp.where(at_first, scores, first_score),
+            jnp.where(at_second, x, second),
+            jnp.where(at_second, scores, second_score),
+        )
+
+    def one_step(carry, n):
+        x, kept = carry
+        t = n * dt
         scores = scores_of(x)
         u = batched_control(teacher, schedule, x, t, dt, scores, clip)
-        return probability_flow_step(schedule, x, t, dt, u), (x, scores)
+        kept = keep(kept, n, x, scores)
+        return (probability_flow_step(schedule, x, t, dt, u), kept), None
 
-    x0 = sample_prior(rng_key, (batch_size, dim), prior_bound)
-    final, (states, scores) = jax.lax.scan(one_step, x0, jnp.arange(num_steps) * dt)
-    states = jnp.concatenate([states, final[None]])
-    scores = jnp.concatenate([scores, jnp.zeros_like(final)[None]])
-    return states, scores
+    x0 = sample_prior(rng_key, (start.shape[0], dim), prior_bound)
+    zeros = jnp.zeros_like(x0)
+    (final, kept), _ = jax.lax.scan(
+        one_step, (x0, (zeros, zeros, zeros, zeros)), jnp.arange(num_steps)
+    )
+    kept = keep(kept, num_steps, final, zeros)
+    return TeacherPairs(start, start + gap, *kept)
 
 
 def consistency_function(
@@ -292,32 +333,27 @@ def draw_consistency(
 
 
 def distillation_loss(
-    rng_key: PRNGKeyArray,
     network: ControlNetwork,
     target_network: ControlNetwork,
     schedule: AbstractSchedule,
-    states: Float[Array, "num_steps+1 batch dim"],
-    scores: Float[Array, "num_steps+1 batch dim"],
+    pairs: TeacherPairs,
     clip: Float[Array, ""],
     *,
-    gap: int,
+    num_steps: int,
     target_score_max_step: int | None,
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
-    """The consistency-distillation loss on pairs ``gap`` fine steps apart.
+    """The consistency-distillation loss on pairs of teacher states.
 
-    For each trajectory a start index ``n`` on the multiples of ``gap`` is drawn; the
-    student maps ``x_n`` from ``t = n / N``, the target network (stop-gradient)
+    The student maps ``x_n`` from ``t = n / N``, the target network (stop-gradient)
     ``x_{n + gap}`` from ``(n + gap) / N``.
 
     Args:
-        rng_key: key of the start indices.
         network: the student, differentiated.
         target_network: the target network (the student's EMA).
         schedule: the noise schedule.
-        states: teacher trajectories (:func:`teacher_trajectories`).
-        scores: the target scores at those states.
+        pairs: states of teacher trajectories (:func:`teacher_pairs`).
         clip: element-wise clip of the control's parts.
-        gap: fine steps between the two states of a pair (divides ``N``).
+        num_steps: ``N``, the teacher's fine steps.
         target_score_max_step: a step to the end longer than this many ``1 / N``
             uses a control without the target score (as the draws do: see
             :class:`~numpyro_cds.consistency.ConsistencyConfig`); None: every one
@@ -327,24 +363,23 @@ def distillation_loss(
         ``(loss, kept_fraction)``: the mean squared difference of the end points
         over the pairs where both are finite, divided by ``dim``; and that fraction.
     """
-    num_steps = states.shape[0] - 1
-    batch, dim = states.shape[1:]
-    start = gap * jax.random.randint(rng_key, (batch,), 0, num_steps // gap)
-    rows = jnp.arange(batch)
+    dim = pairs.first.shape[-1]
     max_step = num_steps if target_score_max_step is None else target_score_max_step
 
-    def end_points(net, index):
+    def end_points(net, index, x, score):
         t = index / num_steps
-        weight = (num_steps - index <= max_step).astype(states.dtype)
+        weight = (num_steps - index <= max_step).astype(x.dtype)
         return jax.vmap(
             lambda x, s, t, w: consistency_function(net, schedule, x, s, t, clip, w)
-        )(states[index, rows], scores[index, rows], t, weight)
+        )(x, score, t, weight)
 
-    prediction = end_points(network, start)
-    goal = jax.lax.stop_gradient(end_points(target_network, start + gap))
+    prediction = end_points(network, pairs.start, pairs.first, pairs.first_score)
+    goal = jax.lax.stop_gradient(
+        end_points(target_network, pairs.end, pairs.second, pairs.second_score)
+    )
     squared = jnp.sum((prediction - goal) ** 2, axis=-1)
     finite = jnp.isfinite(squared)
-    kept = jnp.mean(finite.astype(states.dtype))
+    kept = jnp.mean(finite.astype(squared.dtype))
     loss = jnp.sum(jnp.where(finite, squared, 0.0)) / jnp.maximum(finite.sum(), 1)
     return loss / dim, kept
 
@@ -400,12 +435,16 @@ def distillation_sampler(
     def step(rng_key, state, static):
         paths_key, pairs_key = jax.random.split(rng_key)
         clip = config.clip(state.iteration)
-        states, scores = teacher_trajectories(
+        start = gap * jax.random.randint(
+            pairs_key, (config.batch_size,), 0, num_steps // gap
+        )
+        pairs = teacher_pairs(
             paths_key,
             teacher,
             schedule,
             score_fn,
-            batch_size=config.batch_size,
+            start,
+            gap=gap,
             dim=dim,
             num_steps=num_steps,
             clip=clip,
@@ -415,14 +454,12 @@ def distillation_sampler(
 
         def objective(params):
             return distillation_loss(
-                pairs_key,
                 eqx.combine(params, static),
                 target,
                 schedule,
-                states,
-                scores,
+                pairs,
                 clip,
-                gap=gap,
+                num_steps=num_steps,
                 target_score_max_step=config.target_score_max_step,
             )
 

@@ -15,7 +15,7 @@ from numpyro_cds.distillation import (
     consistency_function,
     distillation_sampler,
     draw_consistency,
-    teacher_trajectories,
+    teacher_pairs,
 )
 from numpyro_cds.networks import ControlNetwork
 from numpyro_cds.sde import LinearSchedule
@@ -85,17 +85,20 @@ def test_distilling_a_linear_probability_flow_reproduces_its_flow_map():
         loss_name="distillation_loss",
     )
     assert np.all(info.kept_fraction == 1.0)
-    states, _ = teacher_trajectories(
+    # Whole trajectories: the prior draw (step 0) and the flow map's image (step 8).
+    pairs = teacher_pairs(
         jax.random.key(3),
         teacher,
         LinearSchedule(),
         target_score_fn(gaussian_logdensity),
-        batch_size=512,
+        jnp.zeros(512, jnp.int32),
+        gap=8,
         dim=2,
         num_steps=8,
         clip=jnp.float32(10.0),
         prior_bound=3.0,
     )
+    states = (pairs.first, pairs.second)
     teacher_map = states[-1]
     student = eqx.combine(state.ema_params, static)
     one_step = jax.vmap(
@@ -186,3 +189,30 @@ def test_one_consistency_step_is_the_one_step_flow():
     )
     np.testing.assert_array_equal(flow.x, steps.x)
     np.testing.assert_allclose(flow.log_density, steps.log_density, rtol=1e-6)
+
+
+def test_teacher_pairs_keep_the_trajectory_states_at_each_paths_steps():
+    """Random start steps pick the same states as whole trajectories have there."""
+    teacher = ControlNetwork(2, width=8, depth=1, key=jax.random.key(0))
+
+    def pairs(start, gap):
+        return teacher_pairs(
+            jax.random.key(1),
+            teacher,
+            LinearSchedule(),
+            target_score_fn(gaussian_logdensity),
+            start,
+            gap=gap,
+            dim=2,
+            num_steps=8,
+            clip=jnp.float32(10.0),
+            prior_bound=3.0,
+        )
+
+    every = jnp.stack([pairs(jnp.full(16, n), 0).first for n in range(9)])
+    start = 2 * jax.random.randint(jax.random.key(2), (16,), 0, 4)
+    chosen = pairs(start, 2)
+    rows = jnp.arange(16)
+    np.testing.assert_allclose(chosen.first, every[start, rows], rtol=1e-6)
+    np.testing.assert_allclose(chosen.second, every[start + 2, rows], rtol=1e-6)
+    assert not np.allclose(every[0], every[8])
