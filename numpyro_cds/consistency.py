@@ -140,6 +140,13 @@ class ConsistencyConfig:
             DDS one step at a time (the target scores are kept, not recomputed).
             The same sampler, for about 1.3 times the seconds per iteration
             (``BENCHMARKS.md``, "Scaling").
+        pairs_per_path: CDDS takes this many pairs of states from each teacher
+            trajectory, simulating ``batch_size / pairs_per_path`` trajectories per
+            iteration (rounded up).  Simulating the teacher is most
+            of a distillation iteration's cost; on eight schools 4 pairs per path
+            halved the student's training time for the same draws (ESS 0.948
+            against 0.951 with 1, one seed; 16 gave 0.933: ``BENCHMARKS.md``,
+            eighth session).
     """
 
     num_sde_steps: int = 64
@@ -160,6 +167,7 @@ class ConsistencyConfig:
     ema_start: int = 0
     consistency_space: str = "state"
     save_memory: bool = False
+    pairs_per_path: int = 4
 
     def __post_init__(self):
         if not _is_power_of_two(self.num_sde_steps) or self.num_sde_steps < 2:
@@ -207,6 +215,11 @@ class ConsistencyConfig:
             )
         if isinstance(self.ema_start, bool) or not isinstance(self.ema_start, int):
             raise ValueError(f"ema_start must be an int, got {self.ema_start!r}.")
+        per_path = self.pairs_per_path
+        if isinstance(per_path, bool) or not isinstance(per_path, int) or per_path < 1:
+            raise ValueError(
+                f"pairs_per_path must be a positive integer, got {per_path!r}."
+            )
         if not isinstance(self.save_memory, bool):
             raise ValueError(f"save_memory must be a bool, got {self.save_memory!r}.")
 

@@ -136,8 +136,9 @@ def teacher_pairs(
         teacher: the teacher's control network (not differentiated).
         schedule: the noise schedule it was trained with.
         score_fn: ``grad log rho`` of one state.
-        start: per trajectory, the step index of the first state (``0 <= start``,
-            ``start + gap <= N``); its length is the number of trajectories.
+        start: the step index of the first state of each pair (``0 <= start``,
+            ``start + gap <= N``), shape ``(num_trajectories,)`` for one pair per
+            trajectory or ``(pairs, num_trajectories)`` for several.
         gap: fine steps between the two states.
         dim: dimension.
         num_steps: ``N``.
@@ -153,7 +154,7 @@ def teacher_pairs(
 
     def keep(kept, n, x, scores):
         first, first_score, second, second_score = kept
-        at_first, at_second = (start == n)[:, None], (start + gap == n)[:, None]
+        at_first, at_second = (start == n)[..., None], (start + gap == n)[..., None]
         return (
             jnp.where(at_first, x, first),
             jnp.where(at_first, scores, first_score),
@@ -169,12 +170,12 @@ def teacher_pairs(
         kept = keep(kept, n, x, scores)
         return (probability_flow_step(schedule, x, t, dt, u), kept), None
 
-    x0 = sample_prior(rng_key, (start.shape[0], dim), prior_bound)
-    zeros = jnp.zeros_like(x0)
+    x0 = sample_prior(rng_key, (start.shape[-1], dim), prior_bound)
+    zeros = jnp.zeros((*start.shape, dim), x0.dtype)
     (final, kept), _ = jax.lax.scan(
         one_step, (x0, (zeros, zeros, zeros, zeros)), jnp.arange(num_steps)
     )
-    kept = keep(kept, num_steps, final, zeros)
+    kept = keep(kept, num_steps, final, jnp.zeros_like(final))
     return TeacherPairs(start, start + gap, *kept)
 
 
@@ -435,9 +436,10 @@ def distillation_sampler(
     def step(rng_key, state, static):
         paths_key, pairs_key = jax.random.split(rng_key)
         clip = config.clip(state.iteration)
-        start = gap * jax.random.randint(
-            pairs_key, (config.batch_size,), 0, num_steps // gap
-        )
+        # batch_size pairs, pairs_per_path from each of fewer trajectories.
+        per_path = config.pairs_per_path
+        shape = (per_path, -(-config.batch_size // per_path))
+        start = gap * jax.random.randint(pairs_key, shape, 0, num_steps // gap)
         pairs = teacher_pairs(
             paths_key,
             teacher,
@@ -449,6 +451,9 @@ def distillation_sampler(
             num_steps=num_steps,
             clip=clip,
             prior_bound=config.training_bound(dim),
+        )
+        pairs = jax.tree.map(
+            lambda a: a.reshape(-1, *a.shape[2:])[: config.batch_size], pairs
         )
         target = eqx.combine(state.ema_params, static)
 
