@@ -24,7 +24,6 @@ minute: the test suite runs it on the CPU.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -34,7 +33,7 @@ import time
 import jax
 
 from .methods import BUDGETS
-from .report import machine_info
+from .report import docstring_parser, machine_info
 from .run import run_suite, with_settings
 from .targets import make_target
 from .throughput import draw_cost, training_cost, untrained_sampler
@@ -141,11 +140,7 @@ def render(results: dict) -> str:
 
 def main(argv=None) -> dict:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    parser = docstring_parser(__doc__)
     parser.add_argument("--out", default=os.path.join("results", "gpu"))
     parser.add_argument(
         "--smoke", action="store_true", help="toy sizes (any device, < 1 minute)"

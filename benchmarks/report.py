@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -18,6 +19,19 @@ __all__ = ["machine_info", "render_results", "write_benchmarks"]
 
 _SUITE_ORDER = ("paper", "extended", "evidence", "posteriors", "all")
 _BUDGET_ORDER = ("cpu", "paper", "gpu")
+
+
+def docstring_parser(doc: str) -> argparse.ArgumentParser:
+    """An argparse parser whose ``--help`` shows a module docstring.
+
+    The first line is the description; the rest (usage, what it measures) follows
+    as written.
+    """
+    return argparse.ArgumentParser(
+        description=doc.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(doc.splitlines()[2:]),
+    )
 
 
 def machine_info() -> dict:

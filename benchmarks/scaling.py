@@ -16,7 +16,6 @@ writes ``scaling.json``, ``scaling.md`` (tables) and two log-log plots, and take
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ import jax
 
 from numpyro_cds.target import target_from_model
 
-from .report import machine_info
+from .report import docstring_parser, machine_info
 from .targets import lgcp_target
 from .throughput import training_cost
 
@@ -174,11 +173,7 @@ def plot(results: dict, path: str) -> None:
 
 def main(argv=None) -> dict:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    parser = docstring_parser(__doc__)
     parser.add_argument("--out", default=os.path.join("results", "scaling"))
     parser.add_argument("--quick", action="store_true", help="toy sizes")
     args = parser.parse_args(argv)

@@ -45,22 +45,28 @@ def _settings(
     )
 
 
+def _algorithm(settings: Settings, logdensity_fn: Callable, dim: int):
+    """The training algorithm of ``settings`` (CDDS: with an untrained DDS teacher)."""
+    teacher = None
+    if settings.method == "cdds":
+        consistency = settings.consistency
+        teacher = untrained_sampler(
+            "dds",
+            logdensity_fn,
+            dim,
+            batch_size=consistency.batch_size,
+            num_sde_steps=consistency.num_sde_steps,
+        )
+    optimizer = default_optimizer(settings.train, settings.updates_per_step)
+    return sampler_algorithm(settings, logdensity_fn, dim, optimizer, teacher)
+
+
 def untrained_sampler(
     method: str, logdensity_fn: Callable, dim: int, *, batch_size=256, num_sde_steps=64
 ) -> TrainedSampler:
     """A ``TrainedSampler`` of ``method`` with its initial (untrained) network."""
     settings = _settings(method, batch_size, num_sde_steps, 1, 1, False)
-    teacher = None
-    if method == "cdds":
-        teacher = untrained_sampler(
-            "dds",
-            logdensity_fn,
-            dim,
-            batch_size=batch_size,
-            num_sde_steps=num_sde_steps,
-        )
-    optimizer = default_optimizer(settings.train, settings.updates_per_step)
-    algorithm = sampler_algorithm(settings, logdensity_fn, dim, optimizer, teacher)
+    algorithm = _algorithm(settings, logdensity_fn, dim)
     state, static = algorithm.init(jax.random.key(0))
     return TrainedSampler(
         eqx.combine(state.params, static),
@@ -126,17 +132,7 @@ def training_cost(
     settings = _settings(
         method, batch_size, num_sde_steps, chunk_size, total, save_memory
     )
-    teacher = None
-    if method == "cdds":
-        teacher = untrained_sampler(
-            "dds",
-            logdensity_fn,
-            dim,
-            batch_size=batch_size,
-            num_sde_steps=num_sde_steps,
-        )
-    optimizer = default_optimizer(settings.train, settings.updates_per_step)
-    algorithm = sampler_algorithm(settings, logdensity_fn, dim, optimizer, teacher)
+    algorithm = _algorithm(settings, logdensity_fn, dim)
     state, static = algorithm.init(jax.random.key(0))
     stamps = [time.perf_counter()]
 

@@ -16,7 +16,6 @@ writes ``vs_nuts.json`` and ``vs_nuts.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ from numpyro_cds.report import UnreliableDrawsWarning
 
 from . import metrics
 from .methods import run_nuts, training_gradient_evaluations
-from .report import machine_info
+from .report import docstring_parser, machine_info
 from .run import parse_settings
 
 DEFAULT_TARGETS = ("eight_schools-eight_schools_noncentered",)
@@ -118,11 +117,7 @@ def main(argv=None) -> dict:
     """Command-line entry point."""
     from .posteriordb import load_posterior
 
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    parser = docstring_parser(__doc__)
     parser.add_argument("--posteriordb", required=True, help="posteriordb folder")
     parser.add_argument("--targets", nargs="*", default=list(DEFAULT_TARGETS))
     parser.add_argument(

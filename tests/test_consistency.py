@@ -177,6 +177,8 @@ def test_default_prior_bound_leaves_out_a_fixed_mass():
         ({"teacher": "student"}, "teacher"),
         ({"consistency_space": "time"}, "consistency_space"),
         ({"prior_bound": -1.0}, "prior_bound"),
+        ({"pairs_per_path": 0}, "pairs_per_path"),
+        ({"save_memory": 1}, "save_memory"),
     ],
 )
 def test_new_settings_are_validated(kwargs, match):

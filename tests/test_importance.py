@@ -112,3 +112,18 @@ def test_psis_resampling_reproduces_weighted_means():
     resampled = draws[np.asarray(index)]
     assert np.mean(resampled) == pytest.approx(1.0, abs=0.05)
     assert np.std(resampled) == pytest.approx(1.0, abs=0.05)
+
+
+def test_auto_correction_moves_only_when_the_weights_ask_for_it():
+    from numpyro_cds.correction import auto_correction
+
+    rng = np.random.default_rng(0)
+    healthy = summarize_weights(0.1 * rng.normal(size=4000))
+    assert auto_correction(healthy, 1000)[0] == "resample"
+    # Too few effective draws for the draws asked for: ESS about 0.14 of 4000.
+    wide = summarize_weights(1.4 * rng.normal(size=4000))
+    choice, why = auto_correction(wide, 1000)
+    assert choice == "mcmc" and ("ESS" in why or "k-hat" in why)
+    heavy = summarize_weights(rng.standard_cauchy(4000))
+    assert heavy.pareto_k > 0.7
+    assert auto_correction(heavy, 10)[0] == "mcmc"
