@@ -39,6 +39,7 @@ from .consistency import (
 from .distillation import distillation_sampler
 from .monitor import MonitorConfig, Snapshot, TrainingMonitor
 from .reference import REFERENCE_METHODS, reference_sampler
+from .sharding import replicate
 from .target import Target, target_from_model
 from .teachers import resolve_teacher, sampler_fingerprint
 from .train import TrainConfig, default_optimizer, fit
@@ -555,6 +556,9 @@ class TrainingSession:
         monitor, train = self.monitor, self.settings.train
         trained_before = self.timings["training"]
         start = time.perf_counter()
+        # Placed as the training chunks return it: the scoring and the first chunk
+        # then compile once for every chunk.
+        self.state = replicate(self.state)
         if monitor.best is None:
             monitor.observe(0, self.state.ema_params, None)
 

@@ -90,9 +90,13 @@ def gathered(tree):
 
 
 def replicate(tree):
-    """The arrays of ``tree`` copied to every device of the current mesh (if any)."""
+    """The arrays of ``tree`` copied to every device of the current mesh (if any).
+
+    Also with a one-device mesh: a jitted function's outputs carry the mesh in their
+    type, so inputs placed the same way are not traced and compiled a second time.
+    """
     mesh = jax.sharding.get_mesh()
-    if mesh.empty or mesh.size == 1:
+    if mesh.empty:
         return tree
     sharding = NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(

@@ -1,31 +1,12 @@
 """Test configuration: CPU only, fixed seeds, one tiny trained sampler per session."""
 
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Many tests build the same small samplers (same model, same shapes): a compilation
-# cache shared by this session's tests and the scripts they run skips recompiling
-# them.  It lives in a fresh folder that is removed at exit, so nothing from another
-# session (or another version of the code) is ever reused.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="numpyro_cds_test_jax_cache_")
-atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-
-# jax may have been imported before this file (pytest imports numpyro_cds for the
-# warning filters), so the in-process settings are made here as well.
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update(
-    "jax_persistent_cache_min_compile_time_secs",
-    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
-)
 
 from numpyro_cds import CDSInference  # noqa: E402
 

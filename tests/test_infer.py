@@ -178,6 +178,36 @@ def test_same_key_same_draws():
     np.testing.assert_array_equal(*draws)
 
 
+def test_each_training_traces_its_chunk_once(monkeypatch):
+    """Later chunks run the first chunk's compiled program: no retracing in the loop."""
+    traces_at_each_chunk = []
+
+    def counting_fit(rng_key, step, *args, on_chunk, **kwargs):
+        traces, seen = [0], []
+        traces_at_each_chunk.append(seen)
+
+        def counted_step(*step_args):
+            traces[0] += 1  # runs only while JAX traces the step
+            return step(*step_args)
+
+        def observe(state, info):
+            seen.append(traces[0])
+            return on_chunk(state, info)
+
+        return _ORIGINAL_FIT(rng_key, counted_step, *args, on_chunk=observe, **kwargs)
+
+    def model():
+        numpyro.sample("x", dist.Normal(jnp.zeros(2), 1.0))
+
+    monkeypatch.setattr(numpyro_cds.session, "fit", counting_fit)
+    settings = dict(TINY, num_train_steps=15, chunk_size=5)
+    CDSInference(model, num_samples=10, **settings).run(jax.random.key(0))
+    # The default CDDS trains twice (teacher, student), three chunks each.
+    assert len(traces_at_each_chunk) == 2
+    for seen in traces_at_each_chunk:
+        assert len(seen) == 3 and seen[0] > 0 and seen == [seen[0]] * 3, seen
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
