@@ -14,7 +14,8 @@ Several processes (hosts) use JAX's own runtime: each calls
 every process's devices, and every process runs the same program.  Draws are gathered
 onto every process (:func:`gathered`), so each holds all of them.
 
-With one device every function here is the identity.
+With one device no value changes (:func:`replicate` still places arrays on the
+one-device mesh, as the training's compiled chunks return them).
 """
 
 from __future__ import annotations
