@@ -229,7 +229,7 @@ def _budget_kwargs(target: BenchmarkTarget, budget: Budget) -> dict:
 
 
 def _whitening_gradient_evaluations(cds: CDSInference) -> int:
-    if cds.whitening_spec != "auto":
+    if cds.whitening_spec != "auto" or cds.init is not None:  # a warm start fits none
         return 0
     config = WhiteningConfig()
     num_starts = cds.target.init_positions.shape[0] * len(config.start_spreads)
@@ -281,12 +281,15 @@ def training_gradient_evaluations(cds: CDSInference) -> int:
     Each iteration moves ``B`` paths by ``N`` steps with a target score per step; the
     SCDS self-consistency term adds one score at the teacher's midpoint per path, and
     the pathwise KL of PIS and DDS one backward pass through ``log rho`` at the path's
-    end.  A CDDS student trained after its own (DIS or DDS) teacher adds the
-    teacher's.
+    end.  With ``save_memory`` the paths are simulated twice (CDDS students excepted).
+    A CDDS student trained after its own (DIS or DDS) teacher adds the teacher's.
     """
     config = cds.consistency
 
     def per_path(method):
+        if config.save_memory and method != "cdds":
+            # Two simulations; the likelihood-ratio KL gradient needs no backward pass.
+            return 2 * config.num_sde_steps + (method == "scds")
         return config.num_sde_steps + (method in ("scds", "pis", "dds"))
 
     teacher_loss = "kl_loss" if cds.teacher_method == "dds" else "diffusion_loss"

@@ -64,10 +64,22 @@ def time_cds(posterior, rng_key, settings: dict) -> dict:
         warnings.simplefilter("always", UnreliableDrawsWarning)
         cds.run(rng_key, *posterior.model_args)
     seconds = time.perf_counter() - start
+    return {
+        **scored_fit(cds, seconds, rng_key, posterior.reference),
+        "warnings": [str(w.message) for w in caught],
+    }
+
+
+def scored_fit(cds: CDSInference, seconds: float, rng_key, reference) -> dict:
+    """A finished run's costs and errors, and those of its raw one-step draws.
+
+    The raw draws are 2000 more with ``fold_in(rng_key, 1)``, scored with their
+    importance ESS and k-hat.
+    """
     correction = cds.correction_info or {}
     raw, log_weights = cds.sample(jax.random.fold_in(rng_key, 1), 2000, 1, True)
     weights = summarize_weights(np.asarray(log_weights))
-    raw_errors = _errors(raw, posterior.reference)
+    raw_errors = _errors(raw, reference)
     return {
         "seconds": seconds,
         "timings": dict(cds.timings),
@@ -76,9 +88,9 @@ def time_cds(posterior, rng_key, settings: dict) -> dict:
         "correction_gradient_evaluations": int(
             correction.get("gradient_evaluations", 0)
         ),
+        "correction": correction.get("applied"),
         "iterations": int(cds.training_iterations),
-        "warnings": [str(w.message) for w in caught],
-        **_errors(cds.get_samples(), posterior.reference),
+        **_errors(cds.get_samples(), reference),
         "raw_max_mean_error": raw_errors["max_mean_error"],
         "raw_max_log_sd_ratio": raw_errors["max_log_sd_ratio"],
         "raw_ess": weights.ess,
@@ -86,14 +98,20 @@ def time_cds(posterior, rng_key, settings: dict) -> dict:
     }
 
 
+def machine_line(results: dict) -> str:
+    """The command and machine lines above a table."""
+    machine = results["machine"]
+    return (
+        f"Command: `{results['command']}`\n\nMachine: {machine['processor']}, "
+        f"{machine['cores']} cores, {machine['device']}, JAX {machine['jax']}; "
+        f"{machine['date']}."
+    )
+
+
 def render(results: dict) -> str:
     """The comparison table."""
     lines = [
-        f"Command: `{results['command']}`",
-        "",
-        f"Machine: {results['machine']['processor']}, {results['machine']['cores']} "
-        f"cores, {results['machine']['device']}, JAX {results['machine']['jax']}; "
-        f"{results['machine']['date']}.",
+        machine_line(results),
         "",
         "| posterior | NUTS s | CDS s | CDS / NUTS | NUTS grads | CDS grads "
         "| NUTS mean / sd err | CDS corrected | CDS raw 1-step (ESS, k-hat) |",

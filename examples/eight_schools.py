@@ -10,6 +10,8 @@ as in posteriordb's ``eight_schools_noncentered``.
 consistency function and draws with one network evaluation per sample.
 ``--compare-nuts`` runs NUTS on the same model and saves a plot of both;
 ``--posteriordb PATH`` compares both with posteriordb's reference draws.
+``--refit SCALE`` then refits on a new measurement of every school
+(``y + SCALE * sigma * z``), warm-started from the first fit (``init=cds.trained``).
 
 References:
     Rubin, D. B. (1981). Estimation in parallel randomized experiments.
@@ -73,6 +75,14 @@ def main(args):
                     f"{method}: max |mean error| / ref sd = {mean_error:.3f}, "
                     f"max |log sd ratio| = {sd_error:.3f}"
                 )
+    if args.refit is not None:
+        noise = jax.random.normal(jax.random.key(args.seed + 2), Y.shape)
+        new_y = Y + args.refit * SIGMA * noise
+        print(f"Refit on new data y + {args.refit} sigma z, from the first fit:")
+        refit = run_inference(
+            model, args, jax.random.key(args.seed + 3), SIGMA, new_y, init=cds.trained
+        )
+        refit.print_summary()
     if args.plot and len(draws) > 1:
         plot_marginals(
             draws, args.plot, names=["mu", "tau"] + [f"theta[{i}]" for i in range(1, 9)]
@@ -93,5 +103,13 @@ if __name__ == "__main__":
         "--posteriordb",
         default=None,
         help="path to posteriordb (e.g. ../shared/data/posteriordb)",
+    )
+    parser.add_argument(
+        "--refit",
+        type=float,
+        default=None,
+        metavar="SCALE",
+        help="then refit on new data y + SCALE * sigma * z, warm-started from the "
+        "first fit (docs/warm_start.rst)",
     )
     main(parse(parser))

@@ -30,6 +30,9 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .diffusion import (
+    DetachedDynamics,
+    batched_control,
+    detached_log_variance,
     log_variance_loss,
     sample_prior,
     simulate_paths,
@@ -38,16 +41,18 @@ from .diffusion import (
 from .flow import exact_log_abs_det, flow_step_fn, run_flow
 from .networks import ControlNetwork
 from .path_weights import run_sde
-from .sde import AbstractSchedule, LinearSchedule
+from .sde import AbstractSchedule, LinearSchedule, euler_maruyama_step
 
 __all__ = [
     "ConsistencyConfig",
-    "SAVE_MEMORY_BLOCK_STEPS",
     "default_prior_bound",
     "SCDSState",
     "SCDSInfo",
     "SamplerAlgorithm",
     "ema_update",
+    "PathStarts",
+    "draw_start_steps",
+    "path_starts",
     "self_consistency_loss",
     "consistency_sampler",
     "draw_network",
@@ -76,10 +81,6 @@ def default_prior_bound(dim: int) -> float:
     from scipy.special import ndtri
 
     return float(-ndtri(0.5 * PRIOR_MASS_LEFT_OUT / dim))
-
-
-#: Steps of the log-variance loss evaluated at once with ``save_memory``.
-SAVE_MEMORY_BLOCK_STEPS = 16
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -133,13 +134,17 @@ class ConsistencyConfig:
             the two half steps (the paper: step ``d`` weighted by ``d**2``, so the
             smallest steps get ``(2 / N)**2`` of the signal); ``"velocity"`` divides
             by ``d**2``, weighting every step size alike.
-        save_memory: recompute the network's activations in the backward pass
-            instead of keeping those of every step, so that the training's memory
-            does not grow with ``num_sde_steps``: the log-variance loss (SCDS, DIS)
-            in blocks of :data:`SAVE_MEMORY_BLOCK_STEPS` steps, the paths of PIS and
-            DDS one step at a time (the target scores are kept, not recomputed).
-            The same sampler, for about 1.3 times the seconds per iteration
-            (``BENCHMARKS.md``, "Scaling").
+        save_memory: keep nothing per SDE step, so that a training iteration's
+            memory does not grow with ``num_sde_steps``: the paths are simulated
+            twice, once for their log-variance and the self-consistency loss's start
+            states, once more accumulating the gradient step by step
+            (:func:`~numpyro_cds.diffusion.detached_log_variance`).  SCDS and DIS:
+            the same loss and gradient (up to float rounding), for the cost of a
+            second simulation (target gradients included).  PIS and DDS, whose
+            default gradient is pathwise (through the SDE), take instead the
+            likelihood-ratio estimate of the same KL gradient on detached paths
+            (:mod:`numpyro_cds.reference`): another estimator, so other parameters.
+            ``BENCHMARKS.md`` ("Scaling") has the costs.
         pairs_per_path: CDDS takes this many pairs of states from each teacher
             trajectory, simulating ``batch_size / pairs_per_path`` trajectories per
             iteration (rounded up).  Simulating the teacher is most
@@ -300,14 +305,57 @@ def ema_update(config: ConsistencyConfig, iteration: Array, ema_params, params):
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
-def self_consistency_loss(
+class PathStarts(NamedTuple):
+    """Where each path's self-consistency step starts, and how big it is.
+
+    Attributes:
+        index: the training step ``n`` it starts at, shape ``(batch,)``.
+        big: the big step in training steps ``1 / N``, a power of two in ``2..N``.
+        states: the path's state ``X_n`` there, shape ``(batch, dim)``.
+        scores: ``grad log rho(X_n)``, same shape.
+    """
+
+    index: Array
+    big: Array
+    states: Array
+    scores: Array
+
+
+def draw_start_steps(
+    rng_key: PRNGKeyArray, num_steps: int, batch: int
+) -> tuple[Array, Array]:
+    """Per path, a big step ``2**j`` (``j`` uniform in ``1..log2 N``) and a start.
+
+    The start is a multiple of the big step, so that the step ends by ``t = 1``.
+
+    Returns:
+        ``(index, big)``, both of shape ``(batch,)``, in training steps.
+    """
+    power_key, start_key = jax.random.split(rng_key)
+    big = 2 ** jax.random.randint(power_key, (batch,), 1, int(math.log2(num_steps)) + 1)
+    start = jnp.floor(jax.random.uniform(start_key, (batch,)) * (num_steps // big))
+    return start.astype(jnp.int32) * big, big
+
+
+def path_starts(
     rng_key: PRNGKeyArray,
+    states: Float[Array, "num_steps batch dim"],
+    target_scores: Float[Array, "num_steps batch dim"],
+) -> PathStarts:
+    """:func:`draw_start_steps`, and the states and scores there of kept paths."""
+    num_steps, batch, _ = states.shape
+    index, big = draw_start_steps(rng_key, num_steps, batch)
+    rows = jnp.arange(batch)
+    return PathStarts(index, big, states[index, rows], target_scores[index, rows])
+
+
+def self_consistency_loss(
     network: ControlNetwork,
     teacher: ControlNetwork,
     schedule: AbstractSchedule,
     score_fn: Callable,
-    states: Float[Array, "num_steps batch dim"],
-    target_scores: Float[Array, "num_steps batch dim"],
+    starts: PathStarts,
+    num_steps: int,
     clip: Float[Array, ""],
     *,
     volume: bool = False,
@@ -316,8 +364,8 @@ def self_consistency_loss(
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """One big probability-flow step against two half steps of the teacher.
 
-    For each path, a big step ``2**j / N`` (``j`` uniform in ``1..log2 N``) and a start
-    time on the multiples of that step are drawn; the state at that time is the start.
+    Each path's big step ``2**j / N`` starts at a state of the path at a multiple of
+    that step (:func:`path_starts`).
 
     With ``volume``, the big step's log-volume change must also match the sum of the
     teacher's two (OSDS's volume consistency).  A step's log-volume change is the
@@ -335,13 +383,12 @@ def self_consistency_loss(
     forward-mode passes per step, as the weights do.
 
     Args:
-        rng_key: key of the big steps and start times.
         network: the student, trained.
         teacher: the teacher (EMA weights), not differentiated.
         schedule: the noise schedule.
         score_fn: ``grad log rho`` of one state.
-        states: states of the training paths.
-        target_scores: ``grad log rho`` at those states.
+        starts: the steps' starts on the training paths.
+        num_steps: ``N``, the training paths' steps.
         clip: element-wise clip of the control's parts.
         volume: also compute the volume-consistency loss.
         target_score_max_step: steps larger than this many ``1 / N`` use controls
@@ -354,21 +401,15 @@ def self_consistency_loss(
         ``mean((log_volume_teacher - log_volume_student)**2) / dim**2`` (NaN without
         ``volume``).
     """
-    num_steps, batch, dim = states.shape
-    log2_steps = int(math.log2(num_steps))
-    power_key, start_key = jax.random.split(rng_key)
-    big = 2 ** jax.random.randint(power_key, (batch,), 1, log2_steps + 1)
-    start = jnp.floor(jax.random.uniform(start_key, (batch,)) * (num_steps // big))
-    start_index = start.astype(jnp.int32) * big
-    x = states[start_index, jnp.arange(batch)]
-    score = target_scores[start_index, jnp.arange(batch)]
-    t = start_index / num_steps
+    x, score, big = starts.states, starts.scores, starts.big
+    dim = x.shape[-1]
+    t = starts.index / num_steps
     d = big / num_steps
     half = 0.5 * d
     max_step = num_steps if target_score_max_step is None else target_score_max_step
     # 0/1 switches of the target score in the teacher's half steps and the big step.
-    half_weight = (big // 2 <= max_step).astype(states.dtype)
-    big_weight = (big <= max_step).astype(states.dtype)
+    half_weight = (big // 2 <= max_step).astype(x.dtype)
+    big_weight = (big <= max_step).astype(x.dtype)
 
     def step(network, x, score, t, dt, weight):
         # The new state reuses the score at x; the log-determinant differentiates the
@@ -548,35 +589,65 @@ def consistency_sampler(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return eqx.apply_updates(params, updates), opt_state
 
-    def step(rng_key, state, static):
-        paths_key, consistency_key = jax.random.split(rng_key)
-        clip = config.clip(state.iteration)
-        network = eqx.combine(state.params, static)
+    def diffusion_gradient(paths_key, start_key, params, static, clip):
+        """The log-variance loss, its gradient, and the self-consistency starts."""
+        steps, batch = config.num_sde_steps, config.batch_size
+        bound = config.training_bound(dim)
+        if config.save_memory:
+            dynamics = DetachedDynamics(
+                control=lambda p, x, t, dt, scores: batched_control(
+                    eqx.combine(p, static), schedule, x, t, dt, scores, clip
+                ),
+                advance=lambda x, t, dt, u, noise: euler_maruyama_step(
+                    schedule, x, t, dt, u, noise
+                ),
+            )
+            index, big = draw_start_steps(start_key, steps, batch)
+            loss, grads, paths = detached_log_variance(
+                paths_key,
+                params,
+                dynamics,
+                logdensity_fn,
+                batch_size=batch,
+                dim=dim,
+                num_steps=steps,
+                prior_bound=bound,
+                max_rnd=config.max_rnd,
+                capture_steps=index,
+            )
+            starts = PathStarts(
+                index, big, paths.captured_states, paths.captured_scores
+            )
+            return loss, grads, starts
         paths = simulate_paths(
             paths_key,
-            network,
+            eqx.combine(params, static),
             schedule,
             logdensity_fn,
-            batch_size=config.batch_size,
+            batch_size=batch,
             dim=dim,
-            num_steps=config.num_sde_steps,
+            num_steps=steps,
             clip=clip,
-            prior_bound=config.training_bound(dim),
+            prior_bound=bound,
         )
-
-        def diffusion_objective(params):
-            return log_variance_loss(
-                eqx.combine(params, static),
+        loss, grads = jax.value_and_grad(
+            lambda p: log_variance_loss(
+                eqx.combine(p, static),
                 schedule,
                 paths,
                 clip=clip,
                 max_rnd=config.max_rnd,
-                block_steps=SAVE_MEMORY_BLOCK_STEPS if config.save_memory else None,
-            )
+            ),
+            has_aux=True,
+        )(params)
+        return loss, grads, path_starts(start_key, paths.states, paths.target_scores)
 
-        (diffusion_loss, kept), grads = jax.value_and_grad(
-            diffusion_objective, has_aux=True
-        )(state.params)
+    def step(rng_key, state, static):
+        paths_key, consistency_key = jax.random.split(rng_key)
+        clip = config.clip(state.iteration)
+        (diffusion_loss, kept), grads, starts = diffusion_gradient(
+            paths_key, consistency_key, state.params, static, clip
+        )
         params, opt_state = update(state.params, state.opt_state, grads)
         if config.consistency_weight == 0 and config.volume_weight == 0:  # DIS
             ema_params = ema_update(config, state.iteration, state.ema_params, params)
@@ -590,13 +661,12 @@ def consistency_sampler(
 
         def consistency_objective(params):
             state_loss, volume_loss = self_consistency_loss(
-                consistency_key,
                 eqx.combine(params, static),
                 teacher,
                 schedule,
                 score_fn,
-                paths.states,
-                paths.target_scores,
+                starts,
+                config.num_sde_steps,
                 clip,
                 volume=volume,
                 target_score_max_step=config.target_score_max_step,

@@ -51,6 +51,11 @@ __all__ = [
     "Paths",
     "simulate_paths",
     "log_variance_loss",
+    "masked_variance",
+    "DetachedDynamics",
+    "DetachedPaths",
+    "simulate_detached",
+    "detached_gradient",
 ]
 
 
@@ -227,6 +232,19 @@ def _finite_or_worst(log_target: Float[Array, " batch"]) -> Float[Array, " batch
     return jnp.where(finite, log_target, worst)
 
 
+def masked_variance(
+    values: Float[Array, " batch"], keep: Array
+) -> tuple[Float[Array, ""], Array]:
+    """Variance of the kept ``values`` and how many were kept (at least 1).
+
+    Left-out entries are zeroed before use, so an infinite one gives no NaN gradient.
+    """
+    count = jnp.maximum(jnp.sum(keep), 1)
+    values = jnp.where(keep, values, 0.0)
+    mean = jnp.sum(values) / count
+    return jnp.sum(jnp.where(keep, (values - mean) ** 2, 0.0)) / count, count
+
+
 def log_variance_loss(
     network: ControlNetwork,
     schedule: AbstractSchedule,
@@ -234,7 +252,6 @@ def log_variance_loss(
     *,
     clip: Float[Array, ""],
     max_rnd: float = 1e8,
-    block_steps: int | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """Log-variance loss ``Var(rnd) / dim`` on detached paths (DIS, Richter-Berner).
 
@@ -245,10 +262,10 @@ def log_variance_loss(
     where ``log rho`` is not finite is scored with the worst finite ``log rho`` of the
     batch; paths with a non-finite ``rnd`` or one above ``max_rnd`` are left out.
 
-    ``block_steps`` None evaluates the control at every step of every path at once
-    (fastest; the gradient keeps every step's network activations).  An integer
-    evaluates blocks of that many steps and recomputes each block in the backward
-    pass, so the gradient's memory is one block's whatever the number of steps.
+    The control is evaluated at every step of every path at once (one large matrix
+    product); the gradient keeps every step's activations.  :func:`simulate_detached`
+    and :func:`detached_gradient` give the same gradient in memory that does not grow
+    with the number of steps.
 
     Returns:
         The loss and the fraction of paths kept.
@@ -256,42 +273,203 @@ def log_variance_loss(
     num_steps, batch, dim = paths.states.shape
     dt = 1.0 / num_steps
     times = jnp.arange(num_steps) * dt
-    block = num_steps if block_steps is None else min(block_steps, num_steps)
+    embedding, gate = jax.vmap(lambda ti: network.conditioning(ti, dt))(times)
 
-    def block_terms(total, inputs):
-        # The block's steps of every path as one flat batch: one large matrix product.
-        t, x, score, control, noise = inputs
-        embedding, gate = jax.vmap(lambda ti: network.conditioning(ti, dt))(t)
+    def rows(a):
+        return jnp.repeat(a, batch, axis=0)
 
-        def rows(a):
-            return jnp.repeat(a, batch, axis=0)
-
-        u = jax.vmap(
-            lambda *a: _control_from_conditioning(network, schedule, *a, clip)
-        )(
-            x.reshape(-1, dim),
-            rows(t),
-            rows(embedding),
-            rows(gate),
-            score.reshape(-1, dim),
-        ).reshape(x.shape)
-        terms = u * (control - 0.5 * u) * dt + u * noise
-        return total + jnp.sum(terms, axis=(0, 2)), None
-
-    if block_steps is not None:
-        # Recomputed in the backward pass: the gradient holds one block's activations.
-        block_terms = jax.checkpoint(block_terms)
-    inputs = (times, paths.states, paths.target_scores, paths.controls, paths.noises)
-    running, _ = jax.lax.scan(
-        block_terms,
-        jnp.zeros(batch, paths.states.dtype),
-        tuple(a.reshape(num_steps // block, block, *a.shape[1:]) for a in inputs),
+    # Every step of every path as one flat batch.
+    u = jax.vmap(lambda *a: _control_from_conditioning(network, schedule, *a, clip))(
+        paths.states.reshape(-1, dim),
+        rows(times),
+        rows(embedding),
+        rows(gate),
+        paths.target_scores.reshape(-1, dim),
+    ).reshape(paths.states.shape)
+    terms = u * (paths.controls - 0.5 * u) * dt + u * paths.noises
+    rnd = (
+        paths.log_prior
+        + jnp.sum(terms, axis=(0, 2))
+        - _finite_or_worst(paths.log_target)
     )
-    rnd = paths.log_prior + running - _finite_or_worst(paths.log_target)
+    return _log_variance(rnd, max_rnd, dim)
+
+
+def _log_variance(rnd, max_rnd, dim):
+    """``(Var(rnd) / dim, kept fraction)`` over the paths whose ``rnd`` is usable."""
     value = jax.lax.stop_gradient(rnd)
     keep = jnp.isfinite(value) & (value < max_rnd)
-    count = jnp.maximum(jnp.sum(keep), 1)
-    rnd = jnp.where(keep, rnd, 0.0)
-    mean = jnp.sum(rnd) / count
-    variance = jnp.sum(jnp.where(keep, (rnd - mean) ** 2, 0.0)) / count
+    variance, count = masked_variance(rnd, keep)
     return variance / dim, count / keep.size
+
+
+def detached_log_variance(
+    rng_key: PRNGKeyArray,
+    params,
+    dynamics: DetachedDynamics,
+    logdensity_fn: Callable,
+    *,
+    batch_size: int,
+    dim: int,
+    num_steps: int,
+    prior_bound: float,
+    max_rnd: float = 1e8,
+    capture_steps: Array | None = None,
+):
+    """:func:`log_variance_loss` and its gradient, in memory flat in ``num_steps``.
+
+    The same paths as :func:`simulate_paths` with the same key, the same loss, and
+    its gradient in exact arithmetic, computed in two passes over the paths that keep
+    no step (:func:`simulate_detached`, then :func:`detached_gradient`) at the price
+    of simulating them twice.
+
+    Returns:
+        ``((loss, kept_fraction), grads, paths)``: ``paths`` is the
+        :class:`DetachedPaths` of the first pass (its captured states).
+    """
+    prior_key, noise_key = jax.random.split(rng_key)
+    x0 = sample_prior(prior_key, (batch_size, dim), prior_bound)
+    common = (noise_key, params, dynamics, target_score_fn(logdensity_fn), x0)
+    paths = simulate_detached(*common, num_steps, capture_steps=capture_steps)
+    rnd = (
+        jax.vmap(standard_normal_logdensity)(x0)
+        + paths.running_cost
+        + paths.ito
+        - _finite_or_worst(jax.vmap(logdensity_fn)(paths.final_states))
+    )
+    (loss, kept), path_weights = jax.value_and_grad(
+        lambda r: _log_variance(r, max_rnd, dim), has_aux=True
+    )(rnd)
+    grads = detached_gradient(*common, num_steps, path_weights)
+    return (loss, kept), grads, paths
+
+
+class DetachedDynamics(NamedTuple):
+    """A controlled SDE's Euler-Maruyama step, split for the two detached passes.
+
+    Attributes:
+        control: ``control(params, xs, t, dt, scores)``, the controls of a batch of
+            states at time ``t`` (``scores`` their target scores), differentiable in
+            ``params``; its log path density against the uncontrolled process is
+            ``sum_n [u_n . ubar_n dt - |u_n|^2 dt / 2 + u_n . dW_n]`` up to terms free
+            of ``u``, the form of both the DIS drift and DDS's deviation.
+        advance: ``advance(xs, t, dt, controls, noises)``, the next states.
+    """
+
+    control: Callable
+    advance: Callable
+
+
+class DetachedPaths(NamedTuple):
+    """What the first detached pass keeps of its paths: nothing per step.
+
+    Attributes:
+        final_states: ``X_N``, shape ``(batch, dim)``.
+        running_cost: ``sum_n |u_n|^2 dt / 2`` per path.
+        ito: ``sum_n u_n . dW_n`` per path.
+        captured_states: each path's state at its ``capture_steps`` entry (zeros
+            when none was asked for), ``(batch, dim)``.
+        captured_scores: the target score there.
+    """
+
+    final_states: Array
+    running_cost: Array
+    ito: Array
+    captured_states: Array
+    captured_scores: Array
+
+
+def _walk_paths(noise_key, dynamics, score_fn, x0, num_steps, visit, extra):
+    """Simulate the paths from ``x0``, letting ``visit`` choose each step's control.
+
+    ``visit(extra, n, t, dt, x, scores, noise) -> (u, extra)``.  Every walk with the
+    same ``noise_key`` draws the same noise (:func:`simulate_paths`'s convention), so
+    two walks with the same controls walk the same paths.
+
+    Returns:
+        ``(final_states, extra)``.
+    """
+    batched_score = jax.vmap(score_fn)
+    dt = 1.0 / num_steps
+
+    def one_step(carry, inputs):
+        x, extra = carry
+        n, key = inputs
+        t = n * dt
+        noise = jnp.sqrt(dt) * jax.random.normal(key, x.shape, x.dtype)
+        u, extra = visit(extra, n, t, dt, x, batched_score(x), noise)
+        return (dynamics.advance(x, t, dt, u, noise), extra), None
+
+    steps = (jnp.arange(num_steps), jax.random.split(noise_key, num_steps))
+    return jax.lax.scan(one_step, (x0, extra), steps)[0]
+
+
+def simulate_detached(
+    noise_key: PRNGKeyArray,
+    params,
+    dynamics: DetachedDynamics,
+    score_fn: Callable,
+    x0: Float[Array, "batch dim"],
+    num_steps: int,
+    *,
+    capture_steps: Array | None = None,
+) -> DetachedPaths:
+    """First pass: simulate the paths with detached controls, keeping no step.
+
+    Args:
+        noise_key: key of the Brownian increments (:func:`simulate_paths`'s second).
+        params: the control's parameters (detached).
+        dynamics: the SDE.
+        score_fn: ``grad log rho`` of one state.
+        x0: the paths' starts.
+        num_steps: Euler-Maruyama steps.
+        capture_steps: optional step index per path whose state (and target score)
+            to keep, e.g. a self-consistency loss's start.
+    """
+    params = jax.lax.stop_gradient(params)
+    capture = jnp.full(x0.shape[:1], -1) if capture_steps is None else capture_steps
+
+    def visit(extra, n, t, dt, x, scores, noise):
+        running, ito, captured, captured_scores = extra
+        u = dynamics.control(params, x, t, dt, scores)
+        here = (capture == n)[:, None]
+        return u, (
+            running + 0.5 * jnp.sum(u**2, -1) * dt,
+            ito + jnp.sum(u * noise, -1),
+            jnp.where(here, x, captured),
+            jnp.where(here, scores, captured_scores),
+        )
+
+    zeros = jnp.zeros(x0.shape[:1], x0.dtype)
+    extra = (zeros, zeros, jnp.zeros_like(x0), jnp.zeros_like(x0))
+    final, extra = _walk_paths(
+        noise_key, dynamics, score_fn, x0, num_steps, visit, extra
+    )
+    return DetachedPaths(final, *extra)
+
+
+def detached_gradient(
+    noise_key: PRNGKeyArray,
+    params,
+    dynamics: DetachedDynamics,
+    score_fn: Callable,
+    x0: Float[Array, "batch dim"],
+    num_steps: int,
+    path_weights: Float[Array, " batch"],
+):
+    """Second pass: ``sum_b path_weights_b d rnd_b / d params`` on the same paths.
+
+    With the paths simulated by the current parameters (``ubar = u``), the derivative
+    of a path's ``rnd`` in its control ``u_n`` is ``dW_n``, so the gradient is
+    ``sum_n sum_b w_b J_n,b^T dW_n,b``: one vector-Jacobian product of the control per
+    step, accumulated as the paths are re-simulated.  Nothing is kept per step.
+    """
+    params = jax.lax.stop_gradient(params)
+
+    def visit(grads, n, t, dt, x, scores, noise):
+        u, pullback = jax.vjp(lambda p: dynamics.control(p, x, t, dt, scores), params)
+        (step_grads,) = pullback(path_weights[:, None] * noise)
+        return u, jax.tree.map(jnp.add, grads, step_grads)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return _walk_paths(noise_key, dynamics, score_fn, x0, num_steps, visit, zeros)[1]

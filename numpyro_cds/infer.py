@@ -65,6 +65,12 @@ class CDSInference(MCMCResults):
         teacher: for ``"cdds"``: ``cds.trained`` of a DIS, SCDS or DDS sampler of
             this model, or the path of one saved with :meth:`save`.
         teacher_method: the teacher ``"cdds"`` trains: ``"dds"`` (None) or ``"dis"``.
+        init: a warm start, for a refit on new data: ``cds.trained`` of an earlier
+            fit of this model with the same method and network, or the path of one
+            saved with :meth:`save`.  If its importance weights on the new posterior
+            are reliable (k-hat <= 0.7) it draws without training; otherwise the
+            training starts from its whitening and weights.  Never implicit:
+            :doc:`/warm_start`.
         num_steps: steps per draw (1, 2, 4, ..., ``num_sde_steps``); None: the
             method's (``num_sde_steps`` for DIS, PIS and DDS, else 1).
         sampling: ``"flow"`` (probability-flow steps, change-of-variables weights) or
@@ -125,6 +131,7 @@ class CDSInference(MCMCResults):
         method: str = "cdds",
         teacher: TrainedSampler | str | os.PathLike | None = None,
         teacher_method: str | None = None,
+        init: TrainedSampler | str | os.PathLike | None = None,
         num_steps: int | None = None,
         sampling: str | None = None,
         num_train_steps: int | str | None = None,
@@ -177,7 +184,7 @@ class CDSInference(MCMCResults):
         self.correction_steps = check_count("correction_steps", correction_steps)
         self.correction_pool = check_count("correction_pool", correction_pool)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
-        self.optimizer, self.teacher = optimizer, teacher
+        self.optimizer, self.teacher, self.init = optimizer, teacher, init
         self.devices = None if devices is None else list(devices)
         self._args, self._kwargs, self._load_path = (), {}, None
 
@@ -209,6 +216,7 @@ class CDSInference(MCMCResults):
                 self.checkpoint,
                 self._load_path,
                 self.teacher,
+                self.init,
             )
             self._args, self._kwargs = args, kwargs
         with batch_mesh(self.devices):

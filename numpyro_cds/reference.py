@@ -41,7 +41,11 @@ the target mass whose reference paths start outside the box.
 log rho(x_N)] + log Z`` with pathwise gradients: the paths are simulated with the
 control being trained and differentiated through (the target score enters the control
 as a constant input, as in the reference code).  Memory grows with the number of
-steps, unlike the log-variance loss of DIS and SCDS on detached paths.
+steps.  With ``ConsistencyConfig(save_memory=True)`` the KL's gradient is instead
+estimated on detached paths, ``grad KL = Cov(log q/p, grad log q)`` (the
+likelihood-ratio estimator, half the log-variance loss's gradient), recomputing the
+paths rather than keeping them: memory flat in the number of steps, another
+estimator of the same gradient.
 """
 
 from __future__ import annotations
@@ -53,7 +57,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .consistency import (
@@ -63,8 +66,12 @@ from .consistency import (
     ema_update,
 )
 from .diffusion import (
+    DetachedDynamics,
+    detached_gradient,
     gated_deviation,
+    masked_variance,
     sample_prior,
+    simulate_detached,
     standard_normal_logdensity,
     target_score_fn,
 )
@@ -161,6 +168,33 @@ class _Path(NamedTuple):
     ito: Array
 
 
+def _starts(process, prior_key, num_samples, dim, prior_bound):
+    """The paths' starts and ``log N(x_0; 0, I) - log q_0(x_0)`` (zero for PIS)."""
+    if process.kind == "pis":
+        return jnp.zeros((num_samples, dim)), jnp.zeros(num_samples)
+    x0 = sample_prior(prior_key, (num_samples, dim), prior_bound)
+    log_prior_ratio = jax.vmap(
+        lambda x: (
+            standard_normal_logdensity(x) - truncated_normal_logdensity(x, prior_bound)
+        )
+    )(x0)
+    return x0, log_prior_ratio
+
+
+def _deviations(network, xs, t, dt, scores, clip):
+    """The control's deviations ``delta`` from the reference for a batch of states."""
+    embedding, gate = network.conditioning(t, dt)
+    return jax.vmap(lambda x, s: gated_deviation(network, x, embedding, gate, s, clip))(
+        xs, scores
+    )
+
+
+def _advance(process, x, t, dt, delta, noise):
+    """One Euler-Maruyama step of the controlled SDE."""
+    f, sigma, g = process.coefficients(t)
+    return x + (f * x + sigma * (g * x + delta)) * dt + sigma * noise
+
+
 def simulate_reference(
     rng_key: PRNGKeyArray,
     network: ControlNetwork,
@@ -172,52 +206,31 @@ def simulate_reference(
     num_steps: int,
     clip: Float[Array, ""],
     prior_bound: float,
-    save_memory: bool = False,
 ) -> _Path:
     """Euler-Maruyama paths of the controlled SDE, with their running costs.
 
     Differentiable in the network's weights through the paths (the target score is a
-    constant input).  With ``save_memory`` the gradient keeps each step's state and
-    target score only and recomputes the network's activations, so its memory does not
-    grow with the network's size times ``num_steps``.
+    constant input); the gradient keeps every step.
 
     Returns:
         The final states, ``log N(x_0; 0, I) - log q_0(x_0)`` (zero for PIS), and per
         path ``sum_n |delta_n|^2 dt / 2`` and ``sum_n delta_n . dW_n``.
     """
     prior_key, noise_key = jax.random.split(rng_key)
-    if process.kind == "pis":
-        x0 = jnp.zeros((num_samples, dim))
-        log_prior_ratio = jnp.zeros(num_samples)
-    else:
-        x0 = sample_prior(prior_key, (num_samples, dim), prior_bound)
-        log_prior_ratio = jax.vmap(
-            lambda x: (
-                standard_normal_logdensity(x)
-                - truncated_normal_logdensity(x, prior_bound)
-            )
-        )(x0)
+    x0, log_prior_ratio = _starts(process, prior_key, num_samples, dim, prior_bound)
     dt = 1.0 / num_steps
     score_fn = jax.vmap(score_fn)
 
     def body(carry, inputs):
         x, running, ito = carry
         t, key = inputs
-        scores = checkpoint_name(jax.lax.stop_gradient(score_fn(x)), "target_score")
-        embedding, gate = network.conditioning(t, dt)
-        delta = jax.vmap(
-            lambda x, s: gated_deviation(network, x, embedding, gate, s, clip)
-        )(x, scores)
-        f, sigma, g = process.coefficients(t)
+        scores = jax.lax.stop_gradient(score_fn(x))
+        delta = _deviations(network, x, t, dt, scores, clip)
         noise = jnp.sqrt(dt) * jax.random.normal(key, x.shape, x.dtype)
         running = running + 0.5 * jnp.sum(delta**2, -1) * dt
         ito = ito + jnp.sum(delta * noise, -1)
-        x = x + (f * x + sigma * (g * x + delta)) * dt + sigma * noise
-        return (x, running, ito), None
+        return (_advance(process, x, t, dt, delta, noise), running, ito), None
 
-    if save_memory:
-        policy = jax.checkpoint_policies.save_only_these_names("target_score")
-        body = jax.checkpoint(body, policy=policy)
     times = jnp.arange(num_steps) * dt
     keys = jax.random.split(noise_key, num_steps)
     zeros = jnp.zeros(num_samples)
@@ -343,24 +356,64 @@ def reference_sampler(
             num_steps=steps,
             clip=clip,
             prior_bound=config.training_bound(dim),
-            save_memory=config.save_memory,
         )
-        cost = (
-            path.running
-            + _terminal_logdensity(process, steps, path.x)
-            - jax.vmap(logdensity_fn)(path.x)
-        )
+        kl, log_q_over_p, keep = path_costs(path.running, path.ito, path.x)
+        variance, count = masked_variance(jax.lax.stop_gradient(log_q_over_p), keep)
+        return kl / dim, (variance / dim, count / keep.size)
+
+    def path_costs(running, ito, x):
+        """The batch's KL estimate, each path's ``log q/p``, the usable paths.
+
+        A path's cost is ``running + log N(x_N; 0, v_N I) - log rho(x_N)``; its
+        ``log q/p`` adds the Ito term (zero mean).  Paths with a non-finite cost or
+        one above ``max_rnd`` are left out.
+        """
+        cost = running + _terminal_logdensity(process, steps, x)
+        cost = cost - jax.vmap(logdensity_fn)(x)
         keep = jnp.isfinite(cost) & (cost < config.max_rnd)
         count = jnp.maximum(jnp.sum(keep), 1)
-        kl = jnp.sum(jnp.where(keep, cost, 0.0)) / count
-        log_weight = jax.lax.stop_gradient(cost + path.ito)
-        mean = jnp.sum(jnp.where(keep, log_weight, 0.0)) / count
-        variance = jnp.sum(jnp.where(keep, (log_weight - mean) ** 2, 0.0)) / count
-        return kl / dim, (variance / dim, count / keep.size)
+        return jnp.sum(jnp.where(keep, cost, 0.0)) / count, cost + ito, keep
+
+    def detached_value_and_grad(params, static, rng_key, clip):
+        """The KL and its likelihood-ratio gradient, keeping nothing per step.
+
+        With paths simulated by the current control, ``grad KL = Cov(log q/p,
+        grad log q)`` (the log-variance loss's gradient, halved), and ``grad log q``
+        of a path is ``sum_n J_n^T dW_n`` (:func:`~numpyro_cds.diffusion.
+        detached_gradient`).
+        """
+        dynamics = DetachedDynamics(
+            control=lambda p, x, t, dt, scores: _deviations(
+                eqx.combine(p, static), x, t, dt, scores, clip
+            ),
+            advance=lambda x, t, dt, delta, noise: _advance(
+                process, x, t, dt, delta, noise
+            ),
+        )
+        prior_key, noise_key = jax.random.split(rng_key)
+        x0, _ = _starts(
+            process, prior_key, config.batch_size, dim, config.training_bound(dim)
+        )
+        paths = simulate_detached(noise_key, params, dynamics, score_fn, x0, steps)
+        kl, log_q_over_p, keep = path_costs(
+            paths.running_cost, paths.ito, paths.final_states
+        )
+        (variance, count), weights = jax.value_and_grad(masked_variance, has_aux=True)(
+            log_q_over_p, keep
+        )
+        grads = detached_gradient(
+            noise_key, params, dynamics, score_fn, x0, steps, 0.5 * weights / dim
+        )
+        return (kl / dim, (variance / dim, count / keep.size)), grads
 
     def step(rng_key, state, static):
         clip = config.clip(state.iteration)
-        (kl, (variance, kept)), grads = jax.value_and_grad(objective, has_aux=True)(
+        value_and_grad = (
+            detached_value_and_grad
+            if config.save_memory
+            else jax.value_and_grad(objective, has_aux=True)
+        )
+        (kl, (variance, kept)), grads = value_and_grad(
             state.params, static, rng_key, clip
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

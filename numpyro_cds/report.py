@@ -115,8 +115,7 @@ def summary_text(
     seconds of the teacher a distillation trained first.  ``stopped``: why trainings
     ended before their last iteration (keys ``"teacher_training"``, ``"training"``).
     """
-    values = losses.get(loss_name, np.array([np.nan]))
-    tail = values[-chunk_size:]
+    tail = losses.get(loss_name, np.array([]))[-chunk_size:]
     verdict = "ok" if summary.reliable else "unreliable"
     if summary.reliable and summary.pareto_k > KHAT_THRESHOLD:
         verdict = (
@@ -131,10 +130,13 @@ def summary_text(
             f"({teacher_seconds:.1f} s), then {iterations} distillation iterations "
             f"({seconds:.1f} s)"
         )
+    if tail.size:  # a warm start may need no training (no losses)
+        trained += (
+            f", final {loss_name.replace('_', ' ')} {np.nanmean(tail):.4g} (mean of "
+            f"the last {len(tail)} iterations, as on the progress bar)"
+        )
     lines = [
-        f"CDS: {trained}, final "
-        f"{loss_name.replace('_', ' ')} {np.nanmean(tail):.4g} (mean of the last "
-        f"{len(tail)} iterations, as on the progress bar); drawing with the "
+        f"CDS: {trained}; drawing with the "
         f"snapshot of iteration {snapshot.iteration} (held-out Renyi-1/2 divergence "
         f"{snapshot.divergence:.3g}); {description}.",
         f"Importance weights ({summary.num_draws} draws, {weights_kind}): log Z = "

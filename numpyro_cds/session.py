@@ -6,7 +6,8 @@ holds what one training needs and produces: the target, the whitening, the train
 state, the monitor, the loss history and the checkpoint file; ``train`` runs (or
 resumes) it, and ``trained`` is the :class:`~numpyro_cds.trained.TrainedSampler` of the
 chosen snapshot.  A :class:`LoadedSession` has the same face for a sampler read from a
-file written by :func:`save_session`.
+file written by :func:`save_session`, and an :class:`AcceptedInitSession` for a warm
+start's earlier sampler that needs no training (:mod:`numpyro_cds.warm_start`).
 """
 
 from __future__ import annotations
@@ -34,10 +35,17 @@ from .checkpoint import (
 from .consistency import (
     ConsistencyConfig,
     SamplerAlgorithm,
+    SCDSState,
     consistency_sampler,
 )
 from .distillation import distillation_sampler
-from .monitor import MonitorConfig, Snapshot, TrainingMonitor
+from .importance import summarize_weights
+from .monitor import (
+    MonitorConfig,
+    Snapshot,
+    TrainingMonitor,
+    renyi_half_divergence,
+)
 from .reference import REFERENCE_METHODS, reference_sampler
 from .sharding import replicate
 from .target import Target, target_from_model
@@ -50,6 +58,7 @@ from .trained import (
     read_trained_header,
     save_trained,
 )
+from .warm_start import init_log_weights, resolve_init
 from .whitening import (
     AffineWhitening,
     WhiteningConfig,
@@ -300,6 +309,27 @@ def sampler_algorithm(
     return consistency_sampler(logdensity_fn, dim, config, optimizer)
 
 
+def _started_from(init: TrainedSampler, state: SCDSState, optimizer) -> SCDSState:
+    """A fresh training state whose weights (and their EMA) are ``init``'s.
+
+    Raises:
+        ValueError: ``init``'s network is not of this training's form (e.g. a
+            CDDS student distilled from another kind of teacher).
+    """
+    params = eqx.filter(init.network, eqx.is_inexact_array)
+    if jax.tree.structure(params) != jax.tree.structure(state.params) or any(
+        a.shape != b.shape
+        for a, b in zip(
+            jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True
+        )
+    ):
+        raise ValueError(
+            "init's network is not of the form this fit trains (another teacher "
+            "method, or another network): start from a fit with the same settings."
+        )
+    return SCDSState(params, params, optimizer.init(params), state.iteration)
+
+
 def _mark_from_json(restored: dict) -> tuple[int, float] | None:
     mark = restored.get("plateau_mark")
     return None if mark is None else (int(mark[0]), float(mark[1]))
@@ -331,6 +361,10 @@ class TrainingSession:
             a :class:`~numpyro_cds.trained.TrainedSampler` or the path of a saved
             one (see :func:`~numpyro_cds.teachers.resolve_teacher`); its whitening
             is the student's.
+        init: a warm start's earlier sampler (:mod:`numpyro_cds.warm_start`,
+            checked): the training starts from its whitening and network weights.
+        whitening: a whitening to use instead of fitting one (a CDDS teacher's, in
+            a warm start).
 
     Attributes:
         target: the flat unconstrained target.
@@ -349,6 +383,8 @@ class TrainingSession:
         optimizer: optax.GradientTransformation | None = None,
         checkpoint: str | None = None,
         teacher: TrainedSampler | str | None = None,
+        init: TrainedSampler | None = None,
+        whitening: AffineWhitening | None = None,
     ):
         start = time.perf_counter()
         target_key, whitening_key, init_key, self._train_key = jax.random.split(
@@ -371,7 +407,10 @@ class TrainingSession:
             "teacher_sha256": None
             if self.teacher is None
             else (sampler_fingerprint(self.teacher)),
+            "init_sha256": None if init is None else sampler_fingerprint(init),
         }
+        if init is not None:
+            whitening = init.whitening
         if optimizer is None:
             optimizer = default_optimizer(settings.train, settings.updates_per_step)
         restored = None
@@ -381,6 +420,8 @@ class TrainingSession:
             self.whitening = restored["whitening"]
         elif self.teacher is not None:
             self.whitening = self.teacher.whitening
+        elif whitening is not None:
+            self.whitening = whitening
         else:
             self.whitening = _fit_whitening(whitening_key, settings.whitening, target)
         self._algorithm = sampler_algorithm(
@@ -391,6 +432,8 @@ class TrainingSession:
             self.teacher,
         )
         self.state, self._static = self._algorithm.init(init_key)
+        if init is not None:
+            self.state = _started_from(init, self.state, optimizer)
         self.losses: dict[str, np.ndarray] = {}
         best, loss_floor = None, np.inf
         if restored is not None:
@@ -673,22 +716,49 @@ def saved_keywords(path: str, drawing: dict) -> dict:
 
 
 def open_session(
-    rng_key, model, args, kwargs, settings, optimizer, checkpoint, saved_path, teacher
-) -> TrainingSession | DistillationSession | LoadedSession:
+    rng_key,
+    model,
+    args,
+    kwargs,
+    settings,
+    optimizer,
+    checkpoint,
+    saved_path,
+    teacher,
+    init=None,
+) -> TrainingSession | DistillationSession | LoadedSession | AcceptedInitSession:
     """The session that draws for a ``CDSInference``.
 
-    A :class:`LoadedSession` of ``saved_path``; without one, a new (or resumed from
-    ``checkpoint``) :class:`TrainingSession`, or for CDDS without a ``teacher`` a
-    :class:`DistillationSession` that trains one first.
+    A :class:`LoadedSession` of ``saved_path``; a warm start from ``init``
+    (:mod:`numpyro_cds.warm_start`) whose earlier sampler is reliable on these data,
+    an :class:`AcceptedInitSession`; otherwise a new (or resumed from ``checkpoint``)
+    :class:`TrainingSession`, started from ``init`` if given, or for CDDS without a
+    ``teacher`` a :class:`DistillationSession` that trains one first.
     """
     if saved_path is not None:
         return LoadedSession(rng_key, model, args, kwargs, saved_path)
+    if init is not None:
+        start = time.perf_counter()
+        target = target_from_model(jax.random.split(rng_key, 4)[0], model, args, kwargs)
+        init = resolve_init(init, target, settings)
+        log_weights = init_log_weights(
+            jax.random.fold_in(rng_key, 2), init, target, settings
+        )
+        if summarize_weights(log_weights).reliable:
+            return AcceptedInitSession(
+                target,
+                arguments_fingerprint(args, kwargs),
+                settings,
+                init,
+                log_weights,
+                time.perf_counter() - start,
+            )
     if settings.method == "cdds" and teacher is None:
         return DistillationSession(
-            rng_key, model, args, kwargs, settings, optimizer, checkpoint
+            rng_key, model, args, kwargs, settings, optimizer, checkpoint, init
         )
     return TrainingSession(
-        rng_key, model, args, kwargs, settings, optimizer, checkpoint, teacher
+        rng_key, model, args, kwargs, settings, optimizer, checkpoint, teacher, init
     )
 
 
@@ -701,10 +771,13 @@ class DistillationSession:
     with the teacher's best snapshot, ``num_train_steps`` iterations more.  Both resume
     after an interruption.  The draws, losses and snapshot are the student's; the
     teacher's losses are kept with the prefix ``teacher_`` and its training time as
-    ``timings["teacher_training"]``.
+    ``timings["teacher_training"]``.  In a warm start (``init``) the teacher uses the
+    earlier fit's whitening and the student starts from the earlier student.
     """
 
-    def __init__(self, rng_key, model, args, kwargs, settings, optimizer, checkpoint):
+    def __init__(
+        self, rng_key, model, args, kwargs, settings, optimizer, checkpoint, init=None
+    ):
         teacher_key, self._student_key = jax.random.split(rng_key)
         self.settings = settings
         teacher_settings = dataclasses.replace(
@@ -722,7 +795,9 @@ class DistillationSession:
             teacher_settings,
             optimizer,
             teacher_checkpoint,
+            whitening=None if init is None else init.whitening,
         )
+        self._init = init
         self._student_inputs = (model, args, kwargs, settings, optimizer, checkpoint)
         self.student: TrainingSession | None = None
         self._timings = {"training": 0.0}
@@ -748,6 +823,7 @@ class DistillationSession:
                 optimizer,
                 checkpoint,
                 self.teacher_session.trained(keep_best=True),
+                self._init,
             )
         diagnoses = [self.student.train(progress_bar)]
         if teacher_diagnosis is not None:
@@ -797,7 +873,27 @@ class DistillationSession:
         return self.student.trained(keep_best)
 
 
-class LoadedSession:
+class _FixedSamplerSession:
+    """The face of a session whose sampler is given: nothing to train."""
+
+    is_trained = True
+    _sampler: TrainedSampler
+    _divergence: float
+
+    def snapshot(self, keep_best: bool) -> Snapshot:
+        """The sampler's snapshot (whatever ``keep_best``: it is the only one)."""
+        params = eqx.filter(self._sampler.network, eqx.is_inexact_array)
+        return Snapshot(int(self._sampler.iteration), self._divergence, params)
+
+    def trained(self, keep_best: bool) -> TrainedSampler:
+        """The sampler."""
+        return self._sampler
+
+    def train(self, progress_bar: bool) -> None:
+        """Nothing to do: the sampler is trained (returns no diagnosis)."""
+
+
+class LoadedSession(_FixedSamplerSession):
     """A sampler read from a file of :func:`save_session`, checked against the model.
 
     Raises:
@@ -805,7 +901,6 @@ class LoadedSession:
             other model arguments (each difference is named), or is damaged.
     """
 
-    is_trained = True
     #: The file keeps no reasons for an early stop.
     stop_reasons: dict[str, str] = {}  # noqa: RUF012 (never mutated)
 
@@ -833,14 +928,35 @@ class LoadedSession:
         """
         return fingerprint == self.fingerprint
 
-    def snapshot(self, keep_best: bool) -> Snapshot:
-        """The saved snapshot (whatever ``keep_best``: it is the only one)."""
-        params = eqx.filter(self._sampler.network, eqx.is_inexact_array)
-        return Snapshot(int(self._sampler.iteration), self._divergence, params)
 
-    def trained(self, keep_best: bool) -> TrainedSampler:
-        """The saved sampler."""
-        return self._sampler
+class AcceptedInitSession(_FixedSamplerSession):
+    """A warm start whose earlier sampler is reliable on the new data: no training.
 
-    def train(self, progress_bar: bool) -> None:
-        """Nothing to do: a loaded sampler is trained (returns no diagnosis)."""
+    Args:
+        target: the model's flat target on the new data.
+        fingerprint: the new model arguments' fingerprint.
+        settings: the refit's settings.
+        init: the earlier sampler (checked by :func:`~numpyro_cds.warm_start.
+            resolve_init`).
+        log_weights: its held-out log weights on the new posterior.
+        seconds: the time the check took (``timings["training"]``).
+    """
+
+    def __init__(self, target, fingerprint, settings, init, log_weights, seconds):
+        summary = summarize_weights(log_weights)
+        self.target, self.fingerprint, self.settings = target, fingerprint, settings
+        self._sampler = init
+        self._divergence = renyi_half_divergence(log_weights)
+        self.whitening = init.whitening
+        self.losses: dict[str, np.ndarray] = {}
+        self.timings = {"whitening": 0.0, "training": seconds}
+        self.iterations = 0
+        self.stop_reasons = {
+            "training": "skipped: the warm start's sampler (init) is reliable on "
+            f"these data (held-out k-hat {summary.pareto_k:.2f} <= 0.7, ESS "
+            f"{summary.ess:.2f})"
+        }
+
+    def serves(self, fingerprint: str, settings: Settings) -> bool:
+        """As :meth:`TrainingSession.serves`."""
+        return fingerprint == self.fingerprint and settings.trains_like(self.settings)

@@ -24,6 +24,7 @@ from .trained import TrainedSampler, load_trained
 __all__ = [
     "TEACHER_FIELDS",
     "TEACHER_METHODS",
+    "network_differences",
     "resolve_teacher",
     "sampler_fingerprint",
 ]
@@ -43,6 +44,23 @@ def sampler_fingerprint(sampler: TrainedSampler) -> str:
         digest.update(f"{array.shape}{array.dtype}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def network_differences(sampler: TrainedSampler, settings, label: str) -> list[str]:
+    """``"name value (label: value)"`` for each :data:`TEACHER_FIELDS` that differs.
+
+    Args:
+        sampler: a trained sampler.
+        settings: the :class:`~numpyro_cds.session.Settings` of a fit that starts
+            from its network.
+        label: what that fit is called in the message.
+    """
+    return [
+        f"{name} {getattr(sampler.config, name)} ({label}: "
+        f"{getattr(settings.consistency, name)})"
+        for name in TEACHER_FIELDS
+        if getattr(sampler.config, name) != getattr(settings.consistency, name)
+    ]
 
 
 def resolve_teacher(
@@ -94,12 +112,7 @@ def resolve_teacher(
             f"The teacher samples {teacher.dim} dimensions; this model has "
             f"{target.dim} unconstrained dimensions. Distil a teacher of this model."
         )
-    differ = [
-        f"{name} {getattr(teacher.config, name)} (student: "
-        f"{getattr(settings.consistency, name)})"
-        for name in TEACHER_FIELDS
-        if getattr(teacher.config, name) != getattr(settings.consistency, name)
-    ]
+    differ = network_differences(teacher, settings, "student")
     if differ:
         raise ValueError(
             f"The teacher's settings differ from the student's: {', '.join(differ)}. "

@@ -9,6 +9,7 @@ import pytest
 from numpyro_cds.consistency import (
     ConsistencyConfig,
     consistency_sampler,
+    path_starts,
     self_consistency_loss,
 )
 from numpyro_cds.diffusion import (
@@ -43,13 +44,12 @@ def _consistency_loss_at_init(logdensity, dim):
         prior_bound=3.89,
     )
     return self_consistency_loss(
-        jax.random.key(2),
         net,
         net,
         schedule,
         target_score_fn(logdensity),
-        paths.states,
-        paths.target_scores,
+        path_starts(jax.random.key(2), paths.states, paths.target_scores),
+        8,
         10.0,
     )[0]
 

@@ -34,7 +34,7 @@ def _run(script, *flags, cwd):
     return result.stdout
 
 
-def test_eight_schools_with_nuts_comparison_and_plot(tmp_path):
+def test_eight_schools_with_nuts_comparison_plot_and_refit(tmp_path):
     out = _run(
         "eight_schools.py",
         "--compare-nuts",
@@ -42,9 +42,12 @@ def test_eight_schools_with_nuts_comparison_and_plot(tmp_path):
         "50",
         "--plot",
         str(tmp_path / "es.png"),
+        "--refit",
+        "0.3",
         cwd=tmp_path,
     )
     assert "theta[0]" in out and "NUTS" in out
+    assert "Refit on new data y + 0.3 sigma z" in out
     assert (tmp_path / "es.png").stat().st_size > 0
 
 

@@ -92,9 +92,14 @@ def test_the_reference_chain_ends_at_its_computed_gaussian(kind, num_steps):
     assert np.var(draws.x) == pytest.approx(variance, rel=0.1)
 
 
-@pytest.mark.parametrize("kind", ["pis", "dds"])
-def test_kl_training_finds_a_gaussian_target(kind):
-    config = ConsistencyConfig(num_sde_steps=16, batch_size=128, width=16)
+@pytest.mark.parametrize(
+    "kind, save_memory", [("pis", False), ("dds", False), ("dds", True)]
+)
+def test_kl_training_finds_a_gaussian_target(kind, save_memory):
+    """Pathwise gradients, and with ``save_memory`` likelihood-ratio ones."""
+    config = ConsistencyConfig(
+        num_sde_steps=16, batch_size=128, width=16, save_memory=save_memory
+    )
     algorithm = reference_sampler(gaussian, DIM, config, optax.adam(5e-3), kind)
     state, static = algorithm.init(jax.random.key(0))
 

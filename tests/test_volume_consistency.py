@@ -21,6 +21,7 @@ import pytest
 from numpyro_cds.consistency import (
     ConsistencyConfig,
     consistency_sampler,
+    path_starts,
     self_consistency_loss,
 )
 from numpyro_cds.diffusion import target_score_fn
@@ -49,13 +50,12 @@ def _logdensity(target, x):
 def _losses(network, teacher, target, volume=True):
     score_fn = target_score_fn(lambda x: _logdensity(target, x))
     return self_consistency_loss(
-        jax.random.key(2),
         network,
         teacher,
         LinearSchedule(),
         score_fn,
-        STATES,
-        jax.vmap(jax.vmap(score_fn))(STATES),
+        path_starts(jax.random.key(2), STATES, jax.vmap(jax.vmap(score_fn))(STATES)),
+        2,
         jnp.asarray(1e6),
         volume=volume,
     )
