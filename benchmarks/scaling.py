@@ -162,9 +162,12 @@ def plot(results: dict, path: str) -> None:
             )
         label = "dimension d (LGCP)" if curve == "dimension" else "SDE steps N"
         axes[1, column].set_xlabel(label)
+        for row in (0, 1):
+            axes[row, column].set_xticks(x, [str(v) for v in x])
+            axes[row, column].minorticks_off()
+        axes[0, column].legend()
     axes[0, 0].set_ylabel("seconds per iteration")
     axes[1, 0].set_ylabel("step memory (MB)")
-    axes[0, 0].legend()
     fig.suptitle(f"{results['machine']['device']}, {results['machine']['date']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
