@@ -11,7 +11,7 @@ consistency function and draws with one network evaluation per sample.
 ``--compare-nuts`` runs NUTS on the same model and saves a plot of both;
 ``--posteriordb PATH`` compares both with posteriordb's reference draws.
 ``--refit SCALE`` then refits on a new measurement of every school
-(``y + SCALE * sigma * z``), warm-started from the first fit (``init=cds.trained``).
+(``y + SCALE * sigma * z``), warm-started from the first fit (``init=cds``).
 
 References:
     Rubin, D. B. (1981). Estimation in parallel randomized experiments.
@@ -80,7 +80,7 @@ def main(args):
         new_y = Y + args.refit * SIGMA * noise
         print(f"Refit on new data y + {args.refit} sigma z, from the first fit:")
         refit = run_inference(
-            model, args, jax.random.key(args.seed + 3), SIGMA, new_y, init=cds.trained
+            model, args, jax.random.key(args.seed + 3), SIGMA, new_y, init=cds
         )
         refit.print_summary()
     if args.plot and len(draws) > 1:

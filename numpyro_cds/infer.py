@@ -65,12 +65,13 @@ class CDSInference(MCMCResults):
         teacher: for ``"cdds"``: ``cds.trained`` of a DIS, SCDS or DDS sampler of
             this model, or the path of one saved with :meth:`save`.
         teacher_method: the teacher ``"cdds"`` trains: ``"dds"`` (None) or ``"dis"``.
-        init: a warm start, for a refit on new data: ``cds.trained`` of an earlier
-            fit of this model with the same method and network, or the path of one
-            saved with :meth:`save`.  If its importance weights on the new posterior
-            are reliable (k-hat <= 0.7) it draws without training; otherwise the
-            training starts from its whitening and weights.  Never implicit:
-            :doc:`/warm_start`.
+        init: a warm start, for a refit on new data: an earlier fit of this model
+            with the same method and network (the ``CDSInference`` itself, whose
+            CDDS teacher then starts the new teacher too; its ``trained``; or the
+            path of one saved with :meth:`save`).  If its importance weights on the
+            new posterior are reliable (k-hat <= 0.7) it draws without training;
+            otherwise the training starts from its whitening and weights.  Never
+            implicit: :doc:`/warm_start`.
         num_steps: steps per draw (1, 2, 4, ..., ``num_sde_steps``); None: the
             method's (``num_sde_steps`` for DIS, PIS and DDS, else 1).
         sampling: ``"flow"`` (probability-flow steps, change-of-variables weights) or
@@ -131,7 +132,7 @@ class CDSInference(MCMCResults):
         method: str = "cdds",
         teacher: TrainedSampler | str | os.PathLike | None = None,
         teacher_method: str | None = None,
-        init: TrainedSampler | str | os.PathLike | None = None,
+        init: CDSInference | TrainedSampler | str | os.PathLike | None = None,
         num_steps: int | None = None,
         sampling: str | None = None,
         num_train_steps: int | str | None = None,
@@ -216,7 +217,7 @@ class CDSInference(MCMCResults):
                 self.checkpoint,
                 self._load_path,
                 self.teacher,
-                self.init,
+                *_init_networks(self.init),
             )
             self._args, self._kwargs = args, kwargs
         with batch_mesh(self.devices):
@@ -330,3 +331,10 @@ class CDSInference(MCMCResults):
             )
         self._keep(draws)
         self.timings["sampling"] = time.perf_counter() - start
+
+
+def _init_networks(init) -> tuple:
+    """A warm start's earlier sampler and, from an earlier CDDS fit, its teacher."""
+    if isinstance(init, CDSInference):
+        return init.trained, init.trained_teacher
+    return init, None

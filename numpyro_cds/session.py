@@ -362,7 +362,8 @@ class TrainingSession:
             one (see :func:`~numpyro_cds.teachers.resolve_teacher`); its whitening
             is the student's.
         init: a warm start's earlier sampler (:mod:`numpyro_cds.warm_start`,
-            checked): the training starts from its whitening and network weights.
+            checked here): the training starts from its whitening and network
+            weights.
         whitening: a whitening to use instead of fitting one (a CDDS teacher's, in
             a warm start).
 
@@ -396,6 +397,8 @@ class TrainingSession:
         self.teacher = None
         if settings.method == "cdds":
             self.teacher = resolve_teacher(teacher, target, self.fingerprint, settings)
+        if init is not None:
+            init = resolve_init(init, target, settings)
         self._checkpoint = checkpoint
         self._identity = {
             "dim": target.dim,
@@ -726,6 +729,7 @@ def open_session(
     saved_path,
     teacher,
     init=None,
+    init_teacher=None,
 ) -> TrainingSession | DistillationSession | LoadedSession | AcceptedInitSession:
     """The session that draws for a ``CDSInference``.
 
@@ -733,7 +737,8 @@ def open_session(
     (:mod:`numpyro_cds.warm_start`) whose earlier sampler is reliable on these data,
     an :class:`AcceptedInitSession`; otherwise a new (or resumed from ``checkpoint``)
     :class:`TrainingSession`, started from ``init`` if given, or for CDDS without a
-    ``teacher`` a :class:`DistillationSession` that trains one first.
+    ``teacher`` a :class:`DistillationSession` that trains one first (from
+    ``init_teacher``, an earlier CDDS fit's teacher, if given).
     """
     if saved_path is not None:
         return LoadedSession(rng_key, model, args, kwargs, saved_path)
@@ -755,7 +760,15 @@ def open_session(
             )
     if settings.method == "cdds" and teacher is None:
         return DistillationSession(
-            rng_key, model, args, kwargs, settings, optimizer, checkpoint, init
+            rng_key,
+            model,
+            args,
+            kwargs,
+            settings,
+            optimizer,
+            checkpoint,
+            init,
+            init_teacher,
         )
     return TrainingSession(
         rng_key, model, args, kwargs, settings, optimizer, checkpoint, teacher, init
@@ -772,11 +785,21 @@ class DistillationSession:
     after an interruption.  The draws, losses and snapshot are the student's; the
     teacher's losses are kept with the prefix ``teacher_`` and its training time as
     ``timings["teacher_training"]``.  In a warm start (``init``) the teacher uses the
-    earlier fit's whitening and the student starts from the earlier student.
+    earlier fit's whitening and starts from ``init_teacher`` if given (else from
+    scratch), and the student starts from the earlier student.
     """
 
     def __init__(
-        self, rng_key, model, args, kwargs, settings, optimizer, checkpoint, init=None
+        self,
+        rng_key,
+        model,
+        args,
+        kwargs,
+        settings,
+        optimizer,
+        checkpoint,
+        init=None,
+        init_teacher=None,
     ):
         teacher_key, self._student_key = jax.random.split(rng_key)
         self.settings = settings
@@ -795,6 +818,7 @@ class DistillationSession:
             teacher_settings,
             optimizer,
             teacher_checkpoint,
+            init=init_teacher,
             whitening=None if init is None else init.whitening,
         )
         self._init = init

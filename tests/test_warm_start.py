@@ -9,6 +9,7 @@ import pytest
 from conftest import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y, eight_schools
 
 from numpyro_cds import CDSInference
+from numpyro_cds.teachers import sampler_fingerprint
 
 PRIOR_SD = 10.0
 TINY = dict(
@@ -65,14 +66,24 @@ def test_a_reliable_earlier_sampler_draws_on_new_data_without_training(
         assert abs(np.log(draws.std() / sd)) < 0.1
 
 
-def test_an_earlier_sampler_far_from_the_new_posterior_trains_from_it(earlier_fit):
+def test_an_earlier_fit_far_from_the_new_posterior_trains_from_it(earlier_fit):
+    """From the earlier CDSInference: its student and its teacher start the new ones."""
     init = earlier_fit.trained
-    refit = CDSInference(normal_mean, init=init, **TINY)
+    refit = CDSInference(normal_mean, init=earlier_fit, **TINY)
     refit.run(jax.random.key(1), Y + 10.0)  # 45 posterior sd away: unreliable
     assert refit.training_iterations == TINY["num_train_steps"]
     # No whitening fit: the teacher and the student train in the earlier coordinates.
     np.testing.assert_array_equal(refit.whitening.loc, init.whitening.loc)
     assert refit.trained_teacher.whitening is init.whitening
+    session = refit._session
+    starts = {
+        "teacher": session.teacher_session._identity["init_sha256"],
+        "student": session.student._identity["init_sha256"],
+    }
+    assert starts == {
+        "teacher": sampler_fingerprint(earlier_fit.trained_teacher),
+        "student": sampler_fingerprint(init),
+    }
 
 
 def test_an_init_of_another_kind_is_refused(earlier_fit):
