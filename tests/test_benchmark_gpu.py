@@ -1,12 +1,29 @@
-"""The GPU check runs end to end at toy sizes on the CPU."""
+"""The GPU check runs end to end at toy sizes on the CPU.
+
+It runs as its own process (as a user runs it), so that a crash inside XLA shows its
+stack (``-X faulthandler``) instead of taking a test worker down: twice, in CI runs of
+the whole suite, the worker running it died inside XLA; alone it passes.
+"""
 
 import json
+import os
+import subprocess
+import sys
 
-from benchmarks import gpu
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_gpu_check_smoke_mode_reports_every_part(tmp_path):
-    gpu.main(["--smoke", "--out", str(tmp_path)])
+    result = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-m", "benchmarks.gpu", "--smoke"]
+        + ["--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
     results = json.loads((tmp_path / "gpu.json").read_text())
     training = results["throughput"]["training"]
     assert [row["batch_size"] for row in training] == [8, 16]
