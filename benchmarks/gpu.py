@@ -12,7 +12,8 @@ It reports, on the first device JAX sees:
    GMM grid, for the default CDSInference's two trainings (the DDS teacher and the
    CDDS student) and for SCDS, with the memory XLA plans for one step;
 2. one-step draws per second (10^5 draws), without and with exact importance weights,
-   and the floating-point rate XLA counts for them;
+   and the floating-point rate XLA counts for them, beside the device's matmul rate
+   at the network's layer shape (draws x width times width x width) and at 2048^3;
 3. the GMM grid's quality at the paper budget (10^4 iterations x 512 x 128) with the
    ``scds-paper`` preset: the tables of ``benchmarks.run`` (raw one-step draws,
    Sinkhorn excess over the exact draws' floor, ESS, k-hat).
@@ -36,7 +37,7 @@ from .methods import BUDGETS
 from .report import docstring_parser, machine_info
 from .run import run_suite, with_settings
 from .targets import make_target
-from .throughput import draw_cost, training_cost, untrained_sampler
+from .throughput import draw_cost, matmul_rate, training_cost, untrained_sampler
 
 #: Sizes of the full check and of ``--smoke``.
 SIZES = {
@@ -46,6 +47,7 @@ SIZES = {
         methods=("dds", "cdds", "scds"),
         num_draws=100_000,
         chunk_size=20,
+        peak_size=2048,
     ),
     "smoke": dict(
         batch_sizes=(8, 16),
@@ -53,6 +55,7 @@ SIZES = {
         methods=("cdds",),
         num_draws=1000,
         chunk_size=2,
+        peak_size=64,
     ),
 }
 
@@ -87,7 +90,13 @@ def throughput(sizes: dict) -> dict:
         draw_cost(sampler, logdensity_fn, sizes["num_draws"], weights=weights)
         for weights in (False, True)
     ]
-    return {"training": training, "drawing": drawing}
+    width, size = sampler.config.width, sizes["peak_size"]
+    matmul = {
+        "layer_shape": matmul_rate(sizes["num_draws"], width, width),
+        "square": matmul_rate(size, size, size),
+        "square_size": size,
+    }
+    return {"training": training, "drawing": drawing, "matmul_flops_per_second": matmul}
 
 
 def quality(smoke: bool, out: str) -> dict:
@@ -135,6 +144,13 @@ def render(results: dict) -> str:
             f"| {row['draws_per_second']:.3g} | {row['flops_per_draw']:.3g} "
             f"| {row['flops_per_second'] / 1e9:.3g} |"
         )
+    matmul = results["throughput"]["matmul_flops_per_second"]
+    size = matmul["square_size"]
+    lines += [
+        "",
+        f"Matmul rate of this device: {matmul['layer_shape'] / 1e9:.3g} GFLOP/s at the "
+        f"network's layer shape, {matmul['square'] / 1e9:.3g} GFLOP/s at {size}^3.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -205,3 +205,21 @@ def draw_cost(
         "flops_per_draw": flops / num_draws,
         "flops_per_second": flops / median,
     }
+
+
+def matmul_rate(rows: int, inner: int, columns: int, repeats: int = 7) -> float:
+    """FLOP per second of a jitted float32 ``(rows x inner) @ (inner x columns)``.
+
+    The reference for a FLOP rate on this device: at the network's layer shape, what
+    its draws could at best reach; at a large square shape, the device's peak.
+    """
+    a = jnp.ones((rows, inner), jnp.float32)
+    b = jnp.ones((inner, columns), jnp.float32)
+    product = jax.jit(jnp.matmul)
+    jax.block_until_ready(product(a, b))
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(product(a, b))
+        seconds.append(time.perf_counter() - start)
+    return 2.0 * rows * inner * columns / float(np.median(seconds))

@@ -33,5 +33,8 @@ def test_gpu_check_smoke_mode_reports_every_part(tmp_path):
     assert [row["weights"] for row in drawing] == [False, True]
     # Exact weights cost a Jacobian on top of the draw.
     assert drawing[1]["flops_per_draw"] > drawing[0]["flops_per_draw"] > 0
+    matmul = results["throughput"]["matmul_flops_per_second"]
+    assert matmul["layer_shape"] > 0 and matmul["square"] > 0
     report = (tmp_path / "gpu.md").read_text()
     assert "iterations/s" in report and "SCDS-paper(1)" in report
+    assert "Matmul rate of this device" in report
