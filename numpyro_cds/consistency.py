@@ -342,7 +342,7 @@ def path_starts(
     states: Float[Array, "num_steps batch dim"],
     target_scores: Float[Array, "num_steps batch dim"],
 ) -> PathStarts:
-    """:func:`draw_start_steps`, and the states and scores there of kept paths."""
+    """:func:`draw_start_steps`, and the paths' states and target scores there."""
     num_steps, batch, _ = states.shape
     index, big = draw_start_steps(rng_key, num_steps, batch)
     rows = jnp.arange(batch)
