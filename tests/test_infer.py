@@ -305,7 +305,7 @@ def test_end_to_end_recovers_moments():
         num_samples=8000,
         num_train_steps=600,
         batch_size=128,
-        num_sde_steps=64,
+        num_sde_steps=16,
         whitening=None,
         progress_bar=False,
     )
