@@ -92,6 +92,13 @@ class ConsistencyConfig:
         batch_size: paths per training iteration.
         width: hidden width of the control network.
         depth: hidden layers of the control network.
+        state_scale: the network's output adds a learned multiple of the state,
+            ``s(x, t, d) * x`` (:class:`~numpyro_cds.networks.ControlNetwork`), so
+            that it can rescale coordinates by functions of the others, as the
+            funnel's ``x_i | x0 ~ N(0, exp(x0))`` needs.  Off by default: on the
+            10-D funnel it widened the one-step ``x0`` quantiles (``BENCHMARKS.md``,
+            tenth session) without reaching the neck, and beyond the funnel it has
+            been measured on eight schools only.
         consistency_weight: weight of the self-consistency loss; with
             ``volume_weight`` also 0 the sampler is DIS (the diffusion loss alone,
             one update per iteration).
@@ -158,6 +165,7 @@ class ConsistencyConfig:
     batch_size: int = 256
     width: int = 64
     depth: int = 2
+    state_scale: bool = False
     consistency_weight: float = 1.0
     volume_weight: float = 0.0
     initial_clip: float = 10.0
@@ -225,8 +233,9 @@ class ConsistencyConfig:
             raise ValueError(
                 f"pairs_per_path must be a positive integer, got {per_path!r}."
             )
-        if not isinstance(self.save_memory, bool):
-            raise ValueError(f"save_memory must be a bool, got {self.save_memory!r}.")
+        for name in ("save_memory", "state_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
 
     def training_bound(self, dim: int) -> float:
         """Truncation of the training paths' prior draws in ``dim`` dimensions."""
@@ -574,7 +583,11 @@ def consistency_sampler(
 
     def init(rng_key):
         network = ControlNetwork(
-            dim, width=config.width, depth=config.depth, key=rng_key
+            dim,
+            width=config.width,
+            depth=config.depth,
+            state_scale=config.state_scale,
+            key=rng_key,
         )
         params, static = eqx.partition(network, eqx.is_inexact_array)
         state = SCDSState(

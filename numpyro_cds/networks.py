@@ -3,7 +3,9 @@
 The control network follows the FourierMLP of the SCDS/DIS reference design: the state
 is embedded by a linear layer, Fourier embeddings of the time ``t`` and of the step size
 ``d`` are added, two GELU hidden layers follow, and a zero-initialised output layer
-makes the learned part of the control exactly zero at initialisation.  A separate
+makes the learned part of the control exactly zero at initialisation (with
+``state_scale``, a second zero-initialised output layer multiplies the state itself,
+so that the output can rescale coordinates by functions of the others).  A separate
 scalar time embedding (last weight 0) is the gate on the target score's term; how that
 term enters the control is the network's ``score_form`` (see
 :func:`numpyro_cds.diffusion.control`).
@@ -101,6 +103,8 @@ class ControlNetwork(eqx.Module):
         gate_bias: initial value of the gate ``s(t)`` (1 for the Langevin gate of
             DIS and SCDS; PIS and DDS start their score gate at 0.01).
         score_form: one of :data:`SCORE_FORMS`.
+        state_scale: add ``s(x, t, d) * x`` to the output, ``s`` a second output
+            layer on the last hidden features (zero at initialisation).
         key: PRNG key for the initialisation.
 
     Example:
@@ -116,6 +120,7 @@ class ControlNetwork(eqx.Module):
     step_embedding: TimeEmbedding
     hidden_layers: tuple[eqx.nn.Linear, ...]
     output_layer: eqx.nn.Linear
+    scale_layer: eqx.nn.Linear | None
     gate: TimeEmbedding
     score_form: str = eqx.field(static=True)
 
@@ -127,6 +132,7 @@ class ControlNetwork(eqx.Module):
         depth: int = 2,
         gate_bias: float = 1.0,
         score_form: str = "langevin",
+        state_scale: bool = False,
         key: PRNGKeyArray,
     ):
         if score_form not in SCORE_FORMS:
@@ -145,6 +151,14 @@ class ControlNetwork(eqx.Module):
             eqx.nn.Linear(width, dim, key=keys[4]), 0.0
         )
         self.hidden_layers = tuple(eqx.nn.Linear(width, width, key=k) for k in keys[5:])
+        # Zero at the start (any key), like the output layer.
+        self.scale_layer = (
+            _zero_last_layer(
+                eqx.nn.Linear(width, dim, key=jax.random.fold_in(key, depth + 5)), 0.0
+            )
+            if state_scale
+            else None
+        )
 
     def conditioning(
         self, t: Float[Array, ""], d: Float[Array, ""]
@@ -159,7 +173,10 @@ class ControlNetwork(eqx.Module):
         h = self.input_layer(x) + embedding
         for layer in self.hidden_layers:
             h = layer(jax.nn.gelu(h))
-        return self.output_layer(jax.nn.gelu(h))
+        h = jax.nn.gelu(h)
+        if self.scale_layer is None:
+            return self.output_layer(h)
+        return self.output_layer(h) + self.scale_layer(h) * x
 
     def __call__(self, x, t, d):
         """Network output and gate at ``(x, t, d)``."""

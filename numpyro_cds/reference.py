@@ -337,6 +337,7 @@ def reference_sampler(
             depth=config.depth,
             gate_bias=GATE_BIAS,
             score_form="gated",
+            state_scale=config.state_scale,
             key=rng_key,
         )
         params, static = eqx.partition(network, eqx.is_inexact_array)

@@ -287,6 +287,7 @@ def load_trained(path: str, expected: dict) -> tuple[TrainedSampler, dict]:
         width=config.width,
         depth=config.depth,
         score_form=score_form,
+        state_scale=config.state_scale,
         key=jax.random.key(0),
     )
     whitening = AffineWhitening(jnp.zeros(dim), jnp.zeros(shape))

@@ -55,3 +55,34 @@ def test_batched_control_matches_single():
 def test_time_embedding_needs_two_layers():
     with pytest.raises(ValueError, match="num_layers"):
         TimeEmbedding(4, 1, key=jax.random.key(0))
+
+
+def test_state_scale_adds_a_multiple_of_the_state():
+    """Zero at initialisation like the rest; then ``s(h) * x`` on top of the output."""
+    import equinox as eqx
+
+    key = jax.random.key(0)
+    plain = ControlNetwork(3, width=8, key=key)
+    scaled = ControlNetwork(3, width=8, state_scale=True, key=key)
+    x = jnp.array([1.0, -2.0, 3.0])
+    assert scaled(x, 0.5, 0.25)[0].tolist() == [0.0, 0.0, 0.0]
+    # The same other layers; a scale layer of bias (1, 2, 3) and zero weights.
+    plain = jax.tree.map(lambda a: a + 0.1 if eqx.is_array(a) else a, plain)
+    scaled = eqx.tree_at(
+        lambda n: n.scale_layer.bias, scaled, jnp.array([1.0, 2.0, 3.0])
+    )
+    scaled = eqx.tree_at(
+        lambda n: (n.input_layer, n.hidden_layers, n.output_layer),
+        scaled,
+        (plain.input_layer, plain.hidden_layers, plain.output_layer),
+    )
+    scaled = eqx.tree_at(
+        lambda n: (n.time_embedding, n.step_embedding),
+        scaled,
+        (plain.time_embedding, plain.step_embedding),
+    )
+    np.testing.assert_allclose(
+        scaled(x, 0.5, 0.25)[0],
+        plain(x, 0.5, 0.25)[0] + jnp.array([1.0, 2.0, 3.0]) * x,
+        rtol=1e-6,
+    )
