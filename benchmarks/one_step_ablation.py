@@ -61,6 +61,7 @@ VARIANTS = {
         "consistency": ConsistencyConfig(consistency_space="velocity")
     },
     "width 128": {"consistency": ConsistencyConfig(width=128)},
+    "state scale": {"consistency": ConsistencyConfig(state_scale=True)},
     "control clip 10 -> 50 -> 250 (reference)": {
         "consistency": ConsistencyConfig(clip_milestones=(200, 400))
     },
