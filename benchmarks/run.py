@@ -172,6 +172,9 @@ def _run_target(target, budget, methods, seed, plots_dir):
     for name in methods:
         print(f"  {target.name}: {name} ...", flush=True)
         runs += METHODS[name](target, budget, jax.random.fold_in(method_key, len(runs)))
+        # Each fit compiles new programs that JAX's caches keep alive; a long suite
+        # would otherwise run into the per-process limit on memory mappings.
+        jax.clear_caches()
     reference = target.reference
     reference_kind = (
         "posteriordb" if "posteriordb" in target.description else "long NUTS"

@@ -1,7 +1,21 @@
-"""Test configuration: CPU only, fixed seeds, one tiny trained sampler per session."""
+"""Test configuration: CPU only, fixed seeds, one tiny trained sampler per session.
+
+Compiled programs are shared through a JAX compilation cache in a new temporary
+folder per test session (the xdist workers share it; it is removed at the end): most
+tests train tiny samplers whose programs are identical from test to test, and
+compiling them again dominated the suite's time.  The cache is keyed on the program
+and JAX's version and flags, and starts empty, as on a fresh machine.
+
+JAX's in-memory caches are cleared after every test: they keep each compiled program
+of every run alive (each fit compiles new closures), and every program holds memory
+mappings, so a test worker that ran a few hundred tiny fits reached Linux's limit of
+65530 mappings per process (``vm.max_map_count``) and aborted inside XLA's compiler.
+"""
 
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -17,6 +31,47 @@ sys.path.insert(0, ROOT)
 from eight_schools import SIGMA as EIGHT_SCHOOLS_SIGMA  # noqa: E402
 from eight_schools import Y as EIGHT_SCHOOLS_Y  # noqa: E402
 from eight_schools import model as eight_schools  # noqa: E402
+
+_CACHE_VARIABLES = {
+    "JAX_COMPILATION_CACHE_DIR": None,  # set by the controller
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+}
+
+
+def pytest_configure(config):
+    """Use (the controller: create) this session's compilation cache folder.
+
+    Set in the environment, so that the workers and the subprocesses of the example
+    and benchmark tests read it too.
+    """
+    if not hasattr(config, "workerinput") and not os.environ.get(
+        "JAX_COMPILATION_CACHE_DIR"
+    ):
+        _CACHE_VARIABLES["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+            prefix="numpyro-cds-jax-"
+        )
+        os.environ.update(_CACHE_VARIABLES)
+        config._numpyro_cds_cache = _CACHE_VARIABLES["JAX_COMPILATION_CACHE_DIR"]
+    jax.config.update(
+        "jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    )
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_unconfigure(config):
+    """Remove the compilation cache folder this session created."""
+    folder = getattr(config, "_numpyro_cds_cache", None)
+    if folder is not None:
+        for name in _CACHE_VARIABLES:
+            os.environ.pop(name, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _clear_jax_caches():
+    """Free the compiled programs of each test once it has run (see above)."""
+    yield
+    jax.clear_caches()
 
 
 @pytest.fixture(scope="session")
