@@ -24,6 +24,7 @@ process 0 save them (``.npy``) to compare with a one-process run.
 import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -31,14 +32,26 @@ from _common import parse, parser_with_common_flags
 
 
 def launch(count, argv):
-    """Run this script as ``count`` local processes; fail if any fails."""
+    """Run this script as ``count`` local processes; fail if any fails.
+
+    Each process's standard output is printed once it has ended, process by process
+    (written to one terminal, their lines could interleave mid-line); progress bars
+    and errors go to the shared standard error as they come.
+    """
     coordinator = "127.0.0.1:" + str(12000 + os.getpid() % 20000)
     common = [sys.executable, os.path.abspath(__file__), *argv]
     common += ["--coordinator", coordinator, "--num-processes", str(count)]
+    outputs = [tempfile.TemporaryFile("w+") for _ in range(count)]
     processes = [
-        subprocess.Popen([*common, "--process-id", str(i)]) for i in range(count)
+        subprocess.Popen([*common, "--process-id", str(i)], stdout=outputs[i])
+        for i in range(count)
     ]
     codes = [p.wait() for p in processes]
+    for output in outputs:
+        output.seek(0)
+        sys.stdout.write(output.read())
+        output.close()
+    sys.stdout.flush()
     if any(codes):
         sys.exit(f"processes exited with codes {codes}")
 

@@ -8,7 +8,7 @@ and JAX's version and flags, and starts empty, as on a fresh machine.
 
 JAX's in-memory caches are cleared after every test: they keep each compiled program
 of every run alive (each fit compiles new closures), and every program holds memory
-mappings, so a test worker that ran a few hundred tiny fits reached Linux's limit of
+mappings (about 1600 for a tiny fit), so a test worker reached Linux's limit of
 65530 mappings per process (``vm.max_map_count``) and aborted inside XLA's compiler.
 """
 
