@@ -1,8 +1,9 @@
 """The GPU check runs end to end at toy sizes on the CPU.
 
-It runs as its own process (as a user runs it), so that a crash inside XLA shows its
-stack (``-X faulthandler``) instead of taking a test worker down: twice, in CI runs of
-the whole suite, the worker running it died inside XLA; alone it passes.
+It runs as its own process (as a user runs it), with ``-X faulthandler`` so that a
+crash inside XLA shows its stack.  (Twice, in CI runs of the whole suite, the worker
+running it in-process died inside XLA's compiler: that worker had run out of memory
+mappings, see ``conftest.py``.)
 """
 
 import json
