@@ -56,6 +56,9 @@ VARIANTS = {
     "drawing bound 6 (training 3.89)": {
         "consistency": ConsistencyConfig(prior_bound=3.89, sampling_prior_bound=6.0)
     },
+    "prior box 4.9 (training and drawing; 1e-5 of the mass left out in 10-D)": {
+        "consistency": ConsistencyConfig(prior_bound=4.9)
+    },
     "no whitening": {"whitening": None},
     "velocity-space consistency": {
         "consistency": ConsistencyConfig(consistency_space="velocity")
